@@ -1,0 +1,354 @@
+"""The chapter's names with the book's signatures, so its code runs after only
+`from d2l import torch as d2l` → `from rnnkit import d2l`.
+
+Like the book, these use Python's and torch's global random generators (seed them with
+`random.seed` / `torch.manual_seed`); the rest of rnnkit takes generators explicitly.
+Each function is the book's own code or a thin adapter over the modules it names.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import data as _data
+from . import generate as _generate
+from . import text as _text
+from .text import Vocab, count_corpus, tokenize  # noqa: F401  (the book's names)
+
+__all__ = ["read_time_machine", "tokenize", "Vocab", "count_corpus", "load_corpus_time_machine",
+           "seq_data_iter_random", "seq_data_iter_sequential", "SeqDataLoader",
+           "load_data_time_machine", "get_params", "init_rnn_state", "rnn", "RNNModelScratch",
+           "predict_ch8", "grad_clipping", "sgd", "train_epoch_ch8", "train_ch8", "RNNModel",
+           "try_gpu", "Timer", "Accumulator", "Animator"]
+
+
+# ---- text and data (rnnkit.text, rnnkit.data) --------------------------------------------
+def read_time_machine() -> list[str]:
+    """The Time Machine as cleaned lines: letters and spaces only, lower case."""
+    return _text.clean_lines(_data.time_machine_text(), "d2l")
+
+
+def load_corpus_time_machine(max_tokens: int = -1) -> tuple[list[int], Vocab]:
+    """Character ids of The Time Machine (a list, as the book) and its vocabulary."""
+    tokens = tokenize(read_time_machine(), "char")
+    vocab = Vocab(tokens)
+    corpus = [vocab[token] for line in tokens for token in line]
+    if max_tokens > 0:
+        corpus = corpus[:max_tokens]
+    return corpus, vocab
+
+
+def seq_data_iter_random(corpus, batch_size: int, num_steps: int):
+    """Random sampling (the book's), drawing from Python's global `random`."""
+    yield from _data.random_batches(corpus, batch_size, num_steps, random)
+
+
+def seq_data_iter_sequential(corpus, batch_size: int, num_steps: int):
+    """Sequential partitioning (the book's), drawing from Python's global `random`."""
+    yield from _data.sequential_batches(corpus, batch_size, num_steps, random)
+
+
+class SeqDataLoader:
+    """An iterable of (X, Y) minibatches over The Time Machine."""
+
+    def __init__(self, batch_size, num_steps, use_random_iter, max_tokens):
+        self.data_iter_fn = seq_data_iter_random if use_random_iter else seq_data_iter_sequential
+        self.corpus, self.vocab = load_corpus_time_machine(max_tokens)
+        self.batch_size, self.num_steps = batch_size, num_steps
+
+    def __iter__(self):
+        return self.data_iter_fn(self.corpus, self.batch_size, self.num_steps)
+
+
+def load_data_time_machine(batch_size, num_steps, use_random_iter=False, max_tokens=10000):
+    """(iterator of minibatches, vocab) — the book's entry point."""
+    data_iter = SeqDataLoader(batch_size, num_steps, use_random_iter, max_tokens)
+    return data_iter, data_iter.vocab
+
+
+# ---- the model from scratch (rnnkit.models.RNNScratch is the module form) -----------------
+def get_params(vocab_size, num_hiddens, device):
+    num_inputs = num_outputs = vocab_size
+
+    def normal(shape):
+        return torch.randn(size=shape, device=device) * 0.01
+
+    W_xh = normal((num_inputs, num_hiddens))
+    W_hh = normal((num_hiddens, num_hiddens))
+    b_h = torch.zeros(num_hiddens, device=device)
+    W_hq = normal((num_hiddens, num_outputs))
+    b_q = torch.zeros(num_outputs, device=device)
+    params = [W_xh, W_hh, b_h, W_hq, b_q]
+    for param in params:
+        param.requires_grad_(True)
+    return params
+
+
+def init_rnn_state(batch_size, num_hiddens, device):
+    return (torch.zeros((batch_size, num_hiddens), device=device),)
+
+
+def rnn(inputs, state, params):
+    """inputs (T, B, V) one-hot → (outputs (T·B, V), (H,))."""
+    W_xh, W_hh, b_h, W_hq, b_q = params
+    H, = state
+    outputs = []
+    for X in inputs:                                                   # (B, V)
+        H = torch.tanh(torch.mm(X, W_xh) + torch.mm(H, W_hh) + b_h)    # (B, H)
+        Y = torch.mm(H, W_hq) + b_q                                    # (B, V)
+        outputs.append(Y)
+    return torch.cat(outputs, dim=0), (H,)
+
+
+class RNNModelScratch:
+    """An RNN model from scratch: `net(X, state)` → (logits (T·B, V), state)."""
+
+    def __init__(self, vocab_size, num_hiddens, device, get_params, init_state, forward_fn):
+        self.vocab_size, self.num_hiddens = vocab_size, num_hiddens
+        self.params = get_params(vocab_size, num_hiddens, device)
+        self.init_state, self.forward_fn = init_state, forward_fn
+
+    def __call__(self, X, state):
+        X = F.one_hot(X.T, self.vocab_size).type(torch.float32)
+        return self.forward_fn(X, state, self.params)
+
+    def begin_state(self, batch_size, device):
+        return self.init_state(batch_size, self.num_hiddens, device)
+
+
+class RNNModel(nn.Module):
+    """The book's concise model: a `torch.nn.RNN`/`GRU`/`LSTM` layer and a linear output layer."""
+
+    def __init__(self, rnn_layer, vocab_size, **kwargs):
+        super().__init__(**kwargs)
+        self.rnn = rnn_layer
+        self.vocab_size = vocab_size
+        self.num_hiddens = self.rnn.hidden_size
+        self.num_directions = 2 if self.rnn.bidirectional else 1
+        self.linear = nn.Linear(self.num_hiddens * self.num_directions, self.vocab_size)
+
+    def forward(self, inputs, state):
+        X = F.one_hot(inputs.T.long(), self.vocab_size).to(torch.float32)
+        Y, state = self.rnn(X, state)
+        output = self.linear(Y.reshape((-1, Y.shape[-1])))
+        return output, state
+
+    def begin_state(self, device, batch_size=1):
+        shape = (self.num_directions * self.rnn.num_layers, batch_size, self.num_hiddens)
+        if not isinstance(self.rnn, nn.LSTM):
+            return torch.zeros(shape, device=device)
+        return (torch.zeros(shape, device=device), torch.zeros(shape, device=device))
+
+
+# ---- prediction (rnnkit.generate) --------------------------------------------------------
+def _fast_stepper(net, device):
+    """rnnkit's inference path where the net is one it can read, else None (book's loop)."""
+    if torch.device(device).type != "cpu":
+        return None
+    if isinstance(net, RNNModelScratch) and net.forward_fn is rnn:
+        W_xh, W_hh, b_h, W_hq, b_q = net.params
+        return _generate.ScratchStepper(W_xh, W_hh, b_h, W_hq, b_q, torch.zeros(1, W_hh.shape[0]))
+    layer = getattr(net, "rnn", None)
+    if (isinstance(net, RNNModel) and type(layer) is nn.RNN and layer.num_layers == 1
+            and layer.nonlinearity == "tanh" and not layer.bidirectional and layer.bias):
+        return _generate.ScratchStepper(
+            layer.weight_ih_l0.T, layer.weight_hh_l0.T, layer.bias_ih_l0 + layer.bias_hh_l0,
+            net.linear.weight.T, net.linear.bias, torch.zeros(1, layer.hidden_size))
+    return None
+
+
+def predict_ch8(prefix, num_preds, net, vocab, device):
+    """Warm up on `prefix`, then append `num_preds` greedy characters."""
+    step = _fast_stepper(net, device)
+    if step is not None:
+        ids = [vocab[c] for c in prefix]
+        new = _generate.generate_with(step, ids, num_preds)[0].tolist()
+        return "".join([vocab.idx_to_token[i] for i in ids + new])
+    with torch.no_grad():
+        state = net.begin_state(batch_size=1, device=device)
+        outputs = [vocab[prefix[0]]]
+
+        def get_input():
+            return torch.tensor([outputs[-1]], device=device).reshape((1, 1))
+
+        for y in prefix[1:]:  # warm-up
+            _, state = net(get_input(), state)
+            outputs.append(vocab[y])
+        for _ in range(num_preds):
+            y, state = net(get_input(), state)
+            outputs.append(int(y.argmax(dim=1).reshape(1)))
+    return "".join([vocab.idx_to_token[i] for i in outputs])
+
+
+# ---- training (rnnkit.train) -------------------------------------------------------------
+def grad_clipping(net, theta):
+    """Scale all gradients by θ/‖g‖ when their global norm ‖g‖ exceeds θ."""
+    if isinstance(net, nn.Module):
+        params = [p for p in net.parameters() if p.requires_grad]
+    else:
+        params = net.params
+    norm = torch.sqrt(sum(torch.sum((p.grad ** 2)) for p in params))
+    if norm > theta:
+        for param in params:
+            param.grad[:] *= theta / norm
+
+
+def sgd(params, lr, batch_size):
+    """Minibatch stochastic gradient descent."""
+    with torch.no_grad():
+        for param in params:
+            param -= lr * param.grad / batch_size
+            param.grad.zero_()
+
+
+def train_epoch_ch8(net, train_iter, loss, updater, device, use_random_iter):
+    """One epoch; returns (perplexity, tokens per second)."""
+    state, timer = None, Timer()
+    metric = Accumulator(2)  # sum of training loss, number of tokens
+    for X, Y in train_iter:
+        if state is None or use_random_iter:
+            state = net.begin_state(batch_size=X.shape[0], device=device)
+        else:
+            if isinstance(net, nn.Module) and not isinstance(state, tuple):
+                state.detach_()
+            else:
+                for s in state:
+                    s.detach_()
+        y = Y.T.reshape(-1)
+        X, y = X.to(device), y.to(device)
+        y_hat, state = net(X, state)
+        l = loss(y_hat, y.long()).mean()
+        if isinstance(updater, torch.optim.Optimizer):
+            updater.zero_grad()
+            l.backward()
+            grad_clipping(net, 1)
+            updater.step()
+        else:
+            l.backward()
+            grad_clipping(net, 1)
+            updater(batch_size=1)  # the mean was already taken
+        metric.add(l * y.numel(), y.numel())
+    return math.exp(metric[0] / metric[1]), metric[1] / timer.stop()
+
+
+def train_ch8(net, train_iter, vocab, lr, num_epochs, device, use_random_iter=False, *,
+              plot_path="train_ch8.png"):
+    """Train, printing a sample every 10 epochs; the perplexity curve goes to `plot_path`."""
+    loss = nn.CrossEntropyLoss()
+    animator = Animator(xlabel="epoch", ylabel="perplexity", legend=["train"],
+                        xlim=[10, num_epochs], path=plot_path)
+    if isinstance(net, nn.Module):
+        updater = torch.optim.SGD(net.parameters(), lr)
+    else:
+        def updater(batch_size):
+            return sgd(net.params, lr, batch_size)
+
+    def predict(prefix):
+        return predict_ch8(prefix, 50, net, vocab, device)
+
+    for epoch in range(num_epochs):
+        ppl, speed = train_epoch_ch8(net, train_iter, loss, updater, device, use_random_iter)
+        if (epoch + 1) % 10 == 0:
+            print(predict("time traveller"))
+            animator.add(epoch + 1, [ppl])
+    print(f"perplexity {ppl:.1f}, {speed:.1f} tokens/sec on {str(device)}")
+    print(predict("time traveller"))
+    print(predict("traveller"))
+
+
+def try_gpu(i=0):
+    """The i-th GPU if there is one, else the CPU."""
+    if torch.cuda.device_count() >= i + 1:
+        return torch.device(f"cuda:{i}")
+    return torch.device("cpu")
+
+
+# ---- the book's small helpers ------------------------------------------------------------
+class Timer:
+    def __init__(self):
+        self.times = []
+        self.start()
+
+    def start(self):
+        self.tik = time.time()
+
+    def stop(self):
+        self.times.append(time.time() - self.tik)
+        return self.times[-1]
+
+    def avg(self):
+        return sum(self.times) / len(self.times)
+
+    def sum(self):
+        return sum(self.times)
+
+    def cumsum(self):
+        return np.array(self.times).cumsum().tolist()
+
+
+class Accumulator:
+    """Sums over n variables."""
+
+    def __init__(self, n):
+        self.data = [0.0] * n
+
+    def add(self, *args):
+        self.data = [a + float(b.detach() if torch.is_tensor(b) else b)
+                     for a, b in zip(self.data, args)]
+
+    def reset(self):
+        self.data = [0.0] * len(self.data)
+
+    def __getitem__(self, idx):
+        return self.data[idx]
+
+
+class Animator:
+    """Collects points like the book's notebook animation and redraws them into a PNG file."""
+
+    def __init__(self, xlabel=None, ylabel=None, legend=None, xlim=None, ylim=None,
+                 xscale="linear", yscale="linear", fmts=("-", "m--", "g-.", "r:"), nrows=1,
+                 ncols=1, figsize=(3.5, 2.5), path="animator.png"):
+        self.config = dict(xlabel=xlabel, ylabel=ylabel, xlim=xlim, ylim=ylim, xscale=xscale,
+                           yscale=yscale)
+        self.legend, self.fmts, self.figsize, self.path = legend or [], fmts, figsize, path
+        self.X, self.Y = None, None
+
+    def add(self, x, y):
+        if not hasattr(y, "__len__"):
+            y = [y]
+        if not hasattr(x, "__len__"):
+            x = [x] * len(y)
+        if self.X is None:
+            self.X, self.Y = [[] for _ in y], [[] for _ in y]
+        for i, (a, b) in enumerate(zip(x, y)):
+            if a is not None and b is not None:
+                self.X[i].append(a)
+                self.Y[i].append(b)
+        self.draw()
+
+    def draw(self):
+        if self.path is None:
+            return
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=self.figsize)
+        for x, y, fmt in zip(self.X, self.Y, self.fmts):
+            ax.plot(x, y, fmt)
+        config = {k: v for k, v in self.config.items() if v is not None}
+        if config.get("xlim") and config["xlim"][0] >= config["xlim"][1]:
+            del config["xlim"]  # one point so far: let matplotlib pick the range
+        ax.set(**config)
+        if self.legend:
+            ax.legend(self.legend)
+        ax.grid()
+        fig.tight_layout()
+        fig.savefig(self.path)
+        plt.close(fig)

@@ -1,0 +1,184 @@
+"""Corpora and minibatches: the bundled Time Machine, any UTF-8 file, splits, and the book's
+random and sequential minibatch iterators over an id array (no tensors until a batch is made).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import tempfile
+import urllib.error
+import urllib.request
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import RnnkitError
+from .text import Vocab, clean_lines, tokenize
+
+TIME_MACHINE_SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
+
+
+def sha1_of(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+def time_machine_text() -> str:
+    """The book's copy of *The Time Machine*, shipped with the package and checksum-verified."""
+    raw = resources.files("rnnkit").joinpath("data/timemachine.txt").read_bytes()
+    if sha1_of(raw) != TIME_MACHINE_SHA1:
+        raise RnnkitError("the bundled timemachine.txt is damaged (sha1 mismatch); reinstall rnnkit")
+    return raw.decode("utf-8")
+
+
+def read_corpus(path: str | os.PathLike) -> str:
+    """Read a UTF-8 text file, refusing missing, empty, binary or mis-encoded files clearly."""
+    p = Path(path)
+    if not p.exists():
+        raise RnnkitError(f"corpus not found: {p}; pass --corpus with an existing text file")
+    if p.is_dir():
+        raise RnnkitError(f"corpus {p} is a directory; pass a UTF-8 text file")
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise RnnkitError(f"cannot read corpus {p}: {e.strerror}; check its permissions") from None
+    if not raw:
+        raise RnnkitError(f"corpus {p} is empty; pass a file with text in it")
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raise RnnkitError(f"corpus {p} looks binary (NUL byte at offset {nul}); pass a text file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise RnnkitError(f"corpus {p} is not valid UTF-8 (byte offset {e.start}, line {line}); "
+                          "convert it, e.g. with iconv -t UTF-8") from None
+    return text.removeprefix("\ufeff")
+
+
+def download(url: str, sha1: str, cache_dir: str | os.PathLike) -> Path:
+    """Fetch `url` into `cache_dir` once, verify its sha1, and return the local path."""
+    target = Path(cache_dir) / url.rstrip("/").split("/")[-1]
+    if target.is_file() and sha1_of(target.read_bytes()) == sha1:
+        return target
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            data = r.read()
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise RnnkitError(f"cannot download {url} ({reason}); if offline, copy the file to "
+                          f"{target} by hand") from None
+    if sha1_of(data) != sha1:
+        raise RnnkitError(f"download of {url} has sha1 {sha1_of(data)}, expected {sha1}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as f:
+        f.write(data)
+    os.replace(f.name, target)
+    return target
+
+
+def load_corpus(path: str | os.PathLike | None = None, clean: str = "d2l", token: str = "char",
+                min_freq: int = 0, vocab: Vocab | None = None) -> tuple[np.ndarray, Vocab]:
+    """Text file (default: The Time Machine) → (ids int64 (N,), vocab); the book's pipeline."""
+    text = time_machine_text() if path is None else read_corpus(path)
+    tokens = tokenize(clean_lines(text, clean), token)
+    if vocab is None:
+        vocab = Vocab(tokens, min_freq=min_freq)
+    ids = np.fromiter((vocab[t] for line in tokens for t in line), dtype=np.int64)
+    if ids.size == 0:
+        where = "The Time Machine" if path is None else str(path)
+        raise RnnkitError(f"corpus {where} has no tokens after --clean {clean}; "
+                          "try --clean none")
+    return ids, vocab
+
+
+def split_corpus(ids: np.ndarray, val_fraction: float = 0.1, max_tokens: int = -1,
+                 test_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Contiguous (train, val, test) slices: train | val | test, val and test taken from the end.
+
+    `max_tokens > 0` keeps only the first `max_tokens` of the training slice (the book's 10,000),
+    so the held-out slices never overlap what training sees.
+    """
+    n = len(ids)
+    n_test = round(n * test_fraction)
+    n_val = round(n * val_fraction)
+    train = ids[: n - n_val - n_test]
+    if max_tokens > 0:
+        train = train[:max_tokens]
+    return train, ids[n - n_val - n_test: n - n_test], ids[n - n_test:]
+
+
+class Batches:
+    """Minibatches (X, Y) of shape (batch_size, num_steps), int64, with Y = X shifted by one.
+
+    `starts[i, r]` is where row r of batch i begins in the corpus, so both samplers share one
+    iterator that gathers straight from the id array (a list, numpy array or memmap).
+    """
+
+    def __init__(self, corpus, starts: np.ndarray, num_steps: int):
+        self.corpus = corpus if isinstance(corpus, np.ndarray) else np.asarray(corpus, np.int64)
+        self.starts, self.num_steps = starts, num_steps
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __iter__(self):
+        return self.iter_from(0)
+
+    def iter_from(self, first: int):
+        """Batches `first`, `first + 1`, … (to resume an epoch part-way)."""
+        steps = np.arange(self.num_steps)
+        for row_starts in self.starts[first:]:
+            idx = row_starts[:, None] + steps                           # (B, T)
+            x = torch.from_numpy(np.asarray(self.corpus[idx], dtype=np.int64))
+            y = torch.from_numpy(np.asarray(self.corpus[idx + 1], dtype=np.int64))
+            yield x, y
+
+    def rows(self, sl: slice) -> "Batches":
+        """The same batches restricted to rows `sl` (one rank's share in data-parallel training)."""
+        return Batches(self.corpus, self.starts[:, sl], self.num_steps)
+
+
+def random_batches(corpus, batch_size: int, num_steps: int, rng: random.Random) -> Batches:
+    """The book's random sampling: random offset, shuffled non-overlapping subsequences.
+
+    corpus:  a b c d e f g h i j k l m n ...     (offset k drawn from [0, num_steps))
+    subseqs: [c d e] [f g h] [i j k] [l m n] ... shuffled, then dealt batch_size at a time;
+    neighbouring batches are unrelated, so the state is re-initialised for every batch.
+    """
+    offset = rng.randint(0, num_steps - 1)
+    num_subseqs = (len(corpus) - offset - 1) // num_steps
+    starts = list(range(0, num_subseqs * num_steps, num_steps))
+    rng.shuffle(starts)
+    num_batches = num_subseqs // batch_size
+    starts = np.asarray(starts[: num_batches * batch_size], dtype=np.int64) + offset
+    return Batches(corpus, starts.reshape(num_batches, batch_size), num_steps)
+
+
+def sequential_batches(corpus, batch_size: int, num_steps: int, rng: random.Random) -> Batches:
+    """The book's sequential partitioning: row r of batch i+1 continues row r of batch i.
+
+    the stream (after a random offset in [0, num_steps]) is cut into batch_size rows:
+      row 0: [a b c][d e f][g h i]        batch 0 = first column of windows,
+      row 1: [j k l][m n o][p q r]        batch 1 = the second, ...
+    so the final hidden state of a batch is the right initial state for the next one
+    (detached, so gradients stop at the window edge).
+    """
+    offset = rng.randint(0, num_steps)
+    row_len = (len(corpus) - offset - 1) // batch_size
+    num_batches = row_len // num_steps
+    starts = (offset + np.arange(batch_size, dtype=np.int64)[None, :] * row_len
+              + np.arange(num_batches, dtype=np.int64)[:, None] * num_steps)
+    return Batches(corpus, starts.reshape(num_batches, batch_size), num_steps)
+
+
+SAMPLERS = {"random": random_batches, "sequential": sequential_batches}
+
+
+def min_tokens_for_batch(batch_size: int, num_steps: int, sampling: str) -> int:
+    """The shortest corpus that always yields at least one batch, whatever the random offset."""
+    if sampling == "random":
+        return batch_size * num_steps + num_steps
+    return batch_size * num_steps + num_steps + 1

@@ -1,0 +1,117 @@
+"""Samples: warm up on a prefix, then greedy argmax (the book's `predict_ch8`) or temperature /
+top-k / top-p sampling, for one stream or many at once. Inference only: no autograd, no
+per-step tensor construction.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .models import RNNScratch
+from .text import Vocab
+
+
+class ScratchStepper:
+    """One step of H_t = tanh(X_t W_xh + H_{t-1} W_hh + b_h), O_t = H_t W_hq + b_q for N streams
+    with preallocated buffers: ids (N,) → logits (N, V). Built from the five parameters."""
+
+    def __init__(self, W_xh, W_hh, b_h, W_hq, b_q, h: torch.Tensor):
+        # X_t W_xh + b_h with one-hot X_t is row X_t of (W_xh + b_h): precompute every row.
+        self.rows = (W_xh + b_h).detach().float()                        # (V, H)
+        self.W_hh = W_hh.detach().float().t().contiguous().t()           # (H, H) fast layout
+        self.W_hq, self.b_q = W_hq.detach().float(), b_q.detach().float()  # (H, V), (V,)
+        self.h = h.detach().float().clone()                              # (N, H)
+        self.z = torch.empty_like(self.h)                                # (N, H)
+        self.logits = torch.empty(h.shape[0], self.b_q.shape[0], dtype=h.dtype)  # (N, V)
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        torch.index_select(self.rows, 0, ids, out=self.z)                # (N, H)
+        self.z.addmm_(self.h, self.W_hh)                                 # (N, H)
+        torch.tanh(self.z, out=self.h)                                   # (N, H)
+        return torch.addmm(self.b_q, self.h, self.W_hq, out=self.logits)  # (N, V)
+
+
+class _ModelStepper:
+    """Any model with `begin_state` and `forward`: one step for N streams."""
+
+    def __init__(self, model: nn.Module, n: int, device):
+        self.model, self.state = model, model.begin_state(n, device)
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        logits, self.state = self.model(ids[:, None], self.state)       # (1, N, V)
+        return logits[0]                                                 # (N, V)
+
+
+def _stepper(model: nn.Module, n: int, device):
+    if isinstance(model, RNNScratch) and torch.device(device).type == "cpu":
+        return ScratchStepper(model.W_xh, model.W_hh, model.b_h, model.W_hq, model.b_q,
+                              model.begin_state(n, device)[0])
+    return _ModelStepper(model, n, device)
+
+
+def pick_next(logits: torch.Tensor, *, temperature: float = 0.0, top_k: int | None = None,
+              top_p: float | None = None, generator: torch.Generator | None = None
+              ) -> torch.Tensor:
+    """Next ids (N,) from logits (N, V): greedy when temperature is 0 or top_k is 1."""
+    if temperature == 0 or top_k == 1:
+        return logits.argmax(dim=1)
+    logits = logits / temperature                               # sharpen (T<1) or flatten (T>1)
+    if top_k is not None and top_k < logits.shape[1]:
+        kth = torch.topk(logits, top_k, dim=1).values[:, -1:]   # (N, 1) k-th largest logit
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=1)                         # (N, V)
+    if top_p is not None and top_p < 1.0:
+        sorted_p, order = torch.sort(probs, dim=1, descending=True)
+        # drop a token once the mass before it already reaches top_p (the first always stays)
+        drop = (sorted_p.cumsum(dim=1) - sorted_p) >= top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter_(1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]  # (N,)
+
+
+@torch.inference_mode()
+def generate_ids(model: nn.Module, prefix: list[int], num_preds: int, *, num_samples: int = 1,
+                 temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                 seed: int | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Warm up on `prefix` ids, then produce `num_preds` ids per stream: (num_samples, num_preds)."""
+    if not prefix:
+        raise ValueError("the prefix must hold at least one token")
+    step = _stepper(model, num_samples, device)
+    return generate_with(step, prefix, num_preds, num_samples=num_samples,
+                         temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                         device=device)
+
+
+@torch.inference_mode()
+def generate_with(step, prefix: list[int], num_preds: int, *, num_samples: int = 1,
+                  temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                  seed: int | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+    """`generate_ids` over a step function ids (N,) → logits (N, V) that carries its own state."""
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    ids = torch.full((num_samples,), prefix[0], dtype=torch.long, device=device)
+    for tok in prefix[1:]:                                   # warm-up: update the state only
+        step(ids)
+        ids.fill_(tok)
+    out = torch.empty(num_samples, num_preds, dtype=torch.long)
+    for i in range(num_preds):
+        logits = step(ids)                                   # (N, V) forward one step
+        ids = pick_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                        generator=generator)                 # (N,)
+        out[:, i] = ids
+    return out
+
+
+def prefix_ids(vocab: Vocab, prefix: str, token: str = "char") -> tuple[list[int], list[str]]:
+    """Prefix text → ids, and the tokens that were not in the vocabulary (mapped to <unk>)."""
+    tokens = list(prefix) if token == "char" else prefix.split()
+    unknown = [t for t in tokens if t not in vocab.token_to_idx]
+    return vocab[tokens], unknown
+
+
+def predict(model: nn.Module, vocab: Vocab, prefix: str, num_preds: int, *, token: str = "char",
+            device: torch.device | str = "cpu", **sampling) -> str:
+    """The book's `predict_ch8`: prefix (as the vocabulary spells it) + `num_preds` tokens."""
+    ids, _ = prefix_ids(vocab, prefix, token)
+    new = generate_ids(model, ids, num_preds, device=device, **sampling)[0].tolist()
+    sep = "" if token == "char" else " "
+    return sep.join(vocab.to_tokens(ids + new))

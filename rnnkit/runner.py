@@ -1,0 +1,257 @@
+"""A training run end to end: corpus → vocab → splits → model → epochs, with a progress bar,
+samples, metrics.jsonl, perplexity.png, atomic checkpoints, resume and clean stops on signals.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .data import SAMPLERS, load_corpus, min_tokens_for_batch, split_corpus
+from .errors import Interrupted, RnnkitError
+from .generate import predict
+from .models import build_model
+from .train import eval_rows, evaluate, perplexity, train_epoch
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device a `--device` value names, refusing one that is not available."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RnnkitError(f"unknown --device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and (not torch.cuda.is_available()
+                                  or (device.index or 0) >= torch.cuda.device_count()):
+        raise RnnkitError(f"--device {name} is not available on this machine; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise RnnkitError(f"--device {name} is not supported; use cpu or cuda")
+    return device
+
+
+def epoch_rng(seed: int, epoch: int) -> random.Random:
+    """The batch-order generator of one epoch: a pure function of (seed, epoch), so resume is exact."""
+    return random.Random(f"rnnkit:{seed}:{epoch}")
+
+
+def plot_perplexity(path: Path, metrics: list[dict]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [m["epoch"] for m in metrics]
+    ax.plot(epochs, [m["train_ppl"] for m in metrics], label="train")
+    if any(m["val_ppl"] is not None for m in metrics):
+        ax.plot(epochs, [m["val_ppl"] for m in metrics], label="validation")
+    ax.set(xlabel="epoch", ylabel="perplexity", yscale="log")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def prepare_out_dir(out: Path, *, resume: bool, force: bool) -> None:
+    """Refuse to overwrite an existing run unless --force; --resume needs a run to continue."""
+    if out.exists() and not out.is_dir():
+        raise RnnkitError(f"--out {out} is a file; pass a directory")
+    has_run = (out / "config.json").exists()
+    if resume:
+        if not has_run:
+            raise RnnkitError(f"--resume {out}: no run to resume there (no config.json)")
+        return
+    if has_run and not force:
+        raise RnnkitError(f"--out {out} already holds a run; pass --resume to continue it or "
+                          "--force to replace it")
+    if out.is_dir() and any(out.iterdir()) and not has_run and not force:
+        raise RnnkitError(f"--out {out} is not empty; pick a new directory or pass --force")
+    if force:
+        for name in ckpt.OUTPUT_FILES:
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    return {f"opt.{i}.{k}": v for i, s in optimizer.state_dict()["state"].items()
+            for k, v in s.items() if isinstance(v, torch.Tensor)}
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]):
+    sd = optimizer.state_dict()
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, i, name = key.split(".", 2)
+            sd["state"].setdefault(int(i), {})[name] = value
+    optimizer.load_state_dict(sd)
+
+
+def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, force: bool = False,
+              json_lines: bool = False, checkpoint_every: float = 300.0,
+              stdout=None) -> dict:
+    """Train as `config` says, writing the run to `out`; returns the summary dict."""
+    stdout = stdout or sys.stdout
+    out = Path(out)
+    config.validate()
+    device = resolve_device(config.device)
+    prepare_out_dir(out, resume=resume, force=force)
+
+    vocab = None
+    if resume:
+        saved_config, vocab = ckpt.load_config_and_vocab(out)
+        config = TrainConfig.from_dict({**saved_config.to_dict(), "epochs": config.epochs})
+    ids, vocab = load_corpus(config.corpus, config.clean, config.token, config.min_freq, vocab)
+    train_ids, val_ids, _ = split_corpus(ids, config.val_fraction, config.max_tokens)
+    need = min_tokens_for_batch(config.batch_size, config.num_steps, config.sampling)
+    if len(train_ids) < need:
+        raise RnnkitError(f"the training slice has {len(train_ids)} tokens; one batch of "
+                          f"{config.batch_size} x {config.num_steps} needs at least {need} — "
+                          "use a longer corpus or lower --batch-size / --num-steps")
+    if config.val_fraction > 0 and eval_rows(len(val_ids), config.batch_size,
+                                             config.num_steps) < 1:
+        raise RnnkitError(f"the validation slice has {len(val_ids)} tokens, no full sequence of "
+                          f"{config.num_steps} steps; raise --val-fraction or lower --num-steps")
+
+    model = build_model(len(vocab), config.hidden, cell=config.cell, impl=config.impl,
+                        precision=config.precision, seed=config.seed).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
+    start_epoch, start_batch, carried = 0, 0, None
+    sums = (0.0, 0, 0.0)  # loss, tokens, seconds of the epoch in progress
+    metrics: list[dict] = []
+    if resume:
+        path = out / "model.safetensors"
+        weights, info, extra = ckpt.read_checkpoint(path)
+        ckpt.load_weights_into(model, weights, path)
+        if info is None:
+            raise RnnkitError(f"{path} holds no training state to resume from")
+        _restore_optimizer(optimizer, extra)
+        start_epoch, start_batch = int(info["epoch"]), int(info["batch"])
+        sums = (float(info["loss_sum"]), int(info["tokens"]), float(info["seconds"]))
+        n_state = sum(k.startswith("state.") for k in extra)
+        carried = tuple(extra[f"state.{i}"].to(device) for i in range(n_state)) or None
+        metrics = _read_metrics(out / "metrics.jsonl")[:start_epoch]
+    else:
+        ckpt.save_run_metadata(out, config, vocab)
+    (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+
+    def save(epoch: int, batch: int, state, loss_sum: float, tokens: int, seconds: float):
+        info = {"epoch": epoch, "batch": batch, "loss_sum": loss_sum, "tokens": tokens,
+                "seconds": seconds}
+        tensors = _optimizer_tensors(optimizer)
+        if state is not None and batch > 0 and config.sampling == "sequential":
+            tensors.update({f"state.{i}": s for i, s in enumerate(state)})
+        try:
+            ckpt.save_checkpoint(out / "model.safetensors", model, info, tensors)
+        except OSError as e:
+            raise RnnkitError(f"could not write the checkpoint in {out} ({e.strerror}); the "
+                              "previous checkpoint is kept") from None
+
+    stop = {"signum": None}
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in handlers:
+        signal.signal(s, lambda signum, frame: stop.update(signum=signum))
+
+    def emit(obj: dict, text: str | None = None):
+        if json_lines:
+            print(json.dumps(obj), file=stdout, flush=True)
+        elif text is not None:
+            tqdm.write(text, file=stdout)
+
+    def samples() -> list[str]:
+        prefixes = [config.prefix] + ([config.prefix.split()[-1]]
+                                      if len(config.prefix.split()) > 1 else [])
+        return [predict(model, vocab, p, 50, token=config.token, device=device)
+                for p in prefixes]
+
+    bar = tqdm(total=config.epochs, initial=start_epoch, unit="epoch", disable=None,
+               file=sys.stderr, dynamic_ncols=True)
+    last_save = time.monotonic()
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            batches = SAMPLERS[config.sampling](train_ids, config.batch_size, config.num_steps,
+                                                epoch_rng(config.seed, epoch))
+            first = start_batch if epoch == start_epoch else 0
+            loss0, tokens0, seconds0 = sums if epoch == start_epoch else (0.0, 0, 0.0)
+
+            def on_batch(i, state, loss_sum, tokens):
+                nonlocal last_save
+                if not math.isfinite(loss_sum):
+                    raise RnnkitError(
+                        f"the loss became {loss_sum} at epoch {epoch + 1}, batch {first + i + 1};"
+                        f" the last good checkpoint is kept — lower --lr (now {config.lr}) or "
+                        f"--clip (now {config.clip})")
+                pending = stop["signum"] is not None
+                if pending or time.monotonic() - last_save > checkpoint_every:
+                    save(epoch, first + i + 1, state, loss0 + loss_sum, tokens0 + tokens, 0.0)
+                    last_save = time.monotonic()
+                if pending:
+                    raise Interrupted(stop["signum"], f"epoch {epoch + 1}, batch {first + i + 1}",
+                                      str(out))
+
+            loss_sum, tokens, seconds = train_epoch(
+                model, batches.iter_from(first), optimizer, clip=config.clip,
+                carry_state=config.sampling == "sequential", device=device,
+                state=carried if first > 0 else None, on_batch=on_batch)
+            loss_sum, tokens, seconds = loss0 + loss_sum, tokens0 + tokens, seconds0 + seconds
+            record = {"epoch": epoch + 1, "train_ppl": perplexity(loss_sum, tokens),
+                      "val_ppl": None, "tokens_per_s": tokens / max(seconds, 1e-9)}
+            if len(val_ids):
+                record["val_ppl"] = perplexity(*evaluate(
+                    model, val_ids, batch_size=config.batch_size, num_steps=config.num_steps,
+                    device=device))
+            metrics.append(record)
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            save(epoch + 1, 0, None, 0.0, 0, 0.0)
+            last_save = time.monotonic()
+            text = None
+            if config.sample_every and (epoch + 1) % config.sample_every == 0:
+                record = {**record, "sample": samples()[0]}
+                text = record["sample"]
+            if (epoch + 1) % 10 == 0 or epoch + 1 == config.epochs:
+                plot_perplexity(out / "perplexity.png", metrics)
+            emit(record, text)
+            bar.set_postfix(ppl=f"{record['train_ppl']:.2f}", refresh=False)
+            bar.update(1)
+            if stop["signum"] is not None:
+                raise Interrupted(stop["signum"], f"the end of epoch {epoch + 1}", str(out))
+    finally:
+        bar.close()
+        for s, h in handlers.items():
+            signal.signal(s, h)
+
+    if metrics:
+        plot_perplexity(out / "perplexity.png", metrics)
+    final = metrics[-1] if metrics else {"train_ppl": None, "val_ppl": None, "tokens_per_s": 0.0}
+    summary = {"train_ppl": final["train_ppl"], "val_ppl": final["val_ppl"],
+               "tokens_per_s": final["tokens_per_s"], "device": str(device), "out": str(out),
+               "samples": samples()}
+    if json_lines:
+        emit(summary)
+    else:
+        ppl = "n/a" if final["train_ppl"] is None else f"{final['train_ppl']:.1f}"
+        print(f"perplexity {ppl}, {final['tokens_per_s']:.1f} tokens/sec on {device}",
+              file=stdout)
+        if final["val_ppl"] is not None:
+            print(f"validation perplexity {final['val_ppl']:.1f}", file=stdout)
+        for s in summary["samples"]:
+            print(s, file=stdout)
+    return summary
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,109 @@
+"""Loss → update: perplexity, global-norm clipping, one epoch with the book's state handling,
+and evaluation on held-out ids. Everything a function uses is passed in.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import Batches
+
+
+def perplexity(loss_sum: float, num_tokens: int) -> float:
+    """exp(mean cross-entropy per token); a uniform model over V tokens scores exactly V."""
+    return math.exp(loss_sum / num_tokens)
+
+
+def grad_norm(params: Iterable[torch.Tensor]) -> torch.Tensor:
+    """‖g‖ over all gradients together (the global L2 norm)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+def clip_gradients(params: Iterable[torch.Tensor], theta: float) -> float:
+    """Scale every gradient by θ/‖g‖ when the global norm ‖g‖ exceeds θ; return ‖g‖."""
+    params = [p for p in params if p.grad is not None]
+    norm = float(grad_norm(params))
+    if norm > theta:
+        torch._foreach_mul_([p.grad for p in params], theta / norm)
+    return norm
+
+
+def detach_state(state: tuple) -> tuple:
+    """Cut the graph at the window edge: the values carry over, the gradients do not."""
+    return tuple(s.detach() for s in state)
+
+
+def sequence_loss(logits: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits (T, B, V) against targets Y (B, T)."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), Y.T.reshape(-1))
+
+
+def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer, *,
+                clip: float, carry_state: bool, device: torch.device | str = "cpu",
+                state: tuple | None = None, on_batch: Callable | None = None
+                ) -> tuple[float, int, float]:
+    """One pass over `batches`; returns (summed loss, tokens, seconds).
+
+    With sequential batches (`carry_state`), the state is initialised once per epoch and
+    detached between batches; with random batches it is initialised for every batch.
+    `on_batch(i, state, loss_sum, tokens)` runs after each update (progress, checkpoints).
+    """
+    loss_sum, tokens, start = 0.0, 0, time.perf_counter()
+    model.train()
+    for i, (X, Y) in enumerate(batches):
+        X, Y = X.to(device), Y.to(device)
+        if state is None or not carry_state:
+            state = model.begin_state(X.shape[0], device)
+        else:
+            state = detach_state(state)
+        logits, state = model(X, state)                                 # (T, B, V)
+        loss = sequence_loss(logits, Y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip > 0:
+            clip_gradients(model.parameters(), clip)
+        optimizer.step()
+        loss_sum += float(loss.detach()) * Y.numel()
+        tokens += Y.numel()
+        if on_batch is not None:
+            on_batch(i, state, loss_sum, tokens)
+    return loss_sum, tokens, time.perf_counter() - start
+
+
+def eval_rows(num_tokens: int, batch_size: int, num_steps: int) -> int:
+    """How many parallel rows an evaluation over `num_tokens` ids can use (0: too short)."""
+    return min(batch_size, (num_tokens - 1) // num_steps)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, ids: np.ndarray, *, batch_size: int, num_steps: int,
+             device: torch.device | str = "cpu") -> tuple[float, int]:
+    """Summed cross-entropy (nats) and token count over held-out `ids`, deterministically.
+
+    The ids are cut into up to `batch_size` contiguous rows read window by window with the
+    state carried across windows, so every token except a short tail is scored once.
+    """
+    rows = eval_rows(len(ids), batch_size, num_steps)
+    if rows < 1:
+        raise ValueError(f"{len(ids)} tokens hold no full sequence of {num_steps} steps")
+    row_len = (len(ids) - 1) // rows
+    starts = np.arange(rows, dtype=np.int64)[None, :] * row_len + \
+        np.arange(row_len // num_steps, dtype=np.int64)[:, None] * num_steps
+    was_training = model.training
+    model.eval()
+    state, loss_sum, tokens = model.begin_state(rows, device), 0.0, 0
+    for X, Y in Batches(ids, starts, num_steps):
+        logits, state = model(X.to(device), state)                      # (T, rows, V)
+        # summed in float64 so a uniform model scores exactly V
+        loss_sum += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).double(),
+                                          Y.to(device).T.reshape(-1), reduction="sum"))
+        tokens += Y.numel()
+    model.train(was_training)
+    return loss_sum, tokens

@@ -1,0 +1,78 @@
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnkit.models import RNNScratch, TorchRNN, build_model
+
+
+def _model(impl="autograd", V=28, H=64, seed=0, **kw):
+    return RNNScratch(V, H, impl=impl, generator=torch.Generator().manual_seed(seed), **kw)
+
+
+def test_parameters_are_the_chapters_with_its_initialisation():
+    m = RNNScratch(28, 512, generator=torch.Generator().manual_seed(0))
+    shapes = {n: tuple(p.shape) for n, p in m.named_parameters()}
+    assert shapes == {"W_xh": (28, 512), "W_hh": (512, 512), "b_h": (512,),
+                      "W_hq": (512, 28), "b_q": (28,)}
+    assert torch.count_nonzero(m.b_h) == 0 and torch.count_nonzero(m.b_q) == 0
+    assert abs(m.W_hh.std().item() - 0.01) < 5e-4 and abs(m.W_hh.mean().item()) < 5e-4
+    state = m.begin_state(32)
+    assert isinstance(state, tuple) and state[0].shape == (32, 512)
+    assert not torch.any(state[0])
+
+
+def test_one_hot_product_equals_row_lookup_of_W_xh():
+    m = _model()
+    X = torch.randint(0, 28, (4, 9))
+    one_hot = F.one_hot(X.T, 28).float() @ m.W_xh        # (T, B, H)
+    rows = m.W_xh[X.T]                                   # (T, B, H)
+    assert torch.equal(one_hot, rows)
+    fast = _model("bptt")
+    state = (torch.randn(4, 64) * 0.3,)
+    assert torch.allclose(m(X, state)[0], fast(X, state)[0], atol=1e-6)
+
+
+def test_output_at_step_t_depends_only_on_inputs_up_to_t():
+    for impl in ("autograd", "bptt"):
+        m = _model(impl)
+        X = torch.randint(1, 28, (3, 12))
+        out, _ = m(X, m.begin_state(3))
+        for t in (0, 5, 10):
+            X2 = X.clone()
+            X2[:, t + 1:] = (X2[:, t + 1:] + 7) % 28      # change only the future
+            out2, _ = m(X2, m.begin_state(3))
+            assert torch.equal(out[: t + 1], out2[: t + 1]), (impl, t)
+            assert not torch.equal(out[t + 1:], out2[t + 1:])
+
+
+def test_scratch_rnn_equals_torch_nn_rnn_with_copied_weights():
+    m = _model(H=32)
+    ref = nn.RNN(28, 32)
+    with torch.no_grad():
+        ref.weight_ih_l0.copy_(m.W_xh.T)
+        ref.weight_hh_l0.copy_(m.W_hh.T)
+        ref.bias_ih_l0.copy_(m.b_h)
+        ref.bias_hh_l0.zero_()
+    X = torch.randint(0, 28, (5, 11))
+    h0 = torch.randn(5, 32) * 0.5
+    out, (hT,) = m(X, (h0,))
+    H, hT_ref = ref(F.one_hot(X.T, 28).float(), h0[None])
+    assert torch.allclose(out, H @ m.W_hq + m.b_q, atol=1e-6)
+    assert torch.allclose(hT, hT_ref[0], atol=1e-6)
+
+
+def test_torch_model_shapes_for_every_cell():
+    for cell in ("rnn", "gru", "lstm"):
+        m = TorchRNN(28, 16, cell=cell)
+        state = m.begin_state(3)
+        out, new = m(torch.randint(0, 28, (3, 7)), state)
+        assert out.shape == (7, 3, 28) and len(new) == len(state)
+
+
+def test_build_model_is_reproducible_from_the_seed():
+    for impl in ("bptt", "torch"):
+        a, b = build_model(28, 16, impl=impl, seed=3), build_model(28, 16, impl=impl, seed=3)
+        assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    state = torch.random.get_rng_state()
+    build_model(28, 16, impl="torch", seed=5)
+    assert torch.equal(state, torch.random.get_rng_state())   # no global RNG touched
