@@ -116,7 +116,10 @@ def load_config_and_vocab(run_dir: str | os.PathLike) -> tuple[TrainConfig, Voca
     meta = _read_json(run / "config.json", "config")
     if not isinstance(meta, dict) or meta.get("format") != "rnnkit-config":
         raise RnnkitError(f"{run / 'config.json'} is not an rnnkit config")
-    config = TrainConfig.from_dict(meta.get("config"))
+    try:
+        config = TrainConfig.from_dict(meta.get("config"))
+    except RnnkitError as e:  # a bad file, not a bad command line: a runtime failure
+        raise RnnkitError(f"{run / 'config.json'}: {e}") from None
     try:
         vocab = Vocab.from_dict(_read_json(run / "vocab.json", "vocabulary"))
     except ValueError as e:
@@ -149,3 +152,16 @@ def load_run(run_dir: str | os.PathLike, *, weights: str = "model.safetensors",
     path = Path(run_dir) / weights
     load_weights_into(model, read_checkpoint(path)[0], path)
     return model.to(device).eval(), vocab, config
+
+
+def check_trainer(info: dict | None, path: Path) -> dict:
+    """The resume data of a checkpoint, refusing missing or mistyped fields."""
+    if not isinstance(info, dict):
+        raise RnnkitError(f"{path} holds no training state to resume from")
+    for key, kind in (("epoch", int), ("batch", int), ("tokens", int), ("loss_sum", float),
+                      ("seconds", float), ("metrics", list)):
+        value = info.get(key)
+        ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
+        if not ok or isinstance(value, bool) or (kind is not list and value < 0):
+            raise RnnkitError(f"{path}: training state field '{key}' is missing or invalid")
+    return info

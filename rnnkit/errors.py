@@ -5,6 +5,10 @@ class RnnkitError(Exception):
     """A runtime failure the user can fix (bad file, bad run directory); exit status 1."""
 
 
+class Diverged(RnnkitError):
+    """The training loss became NaN or infinite."""
+
+
 class UsageError(RnnkitError):
     """A mistaken command line or setting; exit status 2."""
 

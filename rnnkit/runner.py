@@ -17,7 +17,7 @@ from tqdm import tqdm
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import SAMPLERS, load_corpus, min_tokens_for_batch, split_corpus
-from .errors import Interrupted, RnnkitError
+from .errors import Diverged, Interrupted, RnnkitError, UsageError
 from .generate import predict
 from .models import build_model
 from .train import eval_rows, evaluate, perplexity, train_epoch
@@ -30,12 +30,12 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise RnnkitError(f"unknown --device {name!r}; use cpu, cuda or cuda:N") from None
+        raise UsageError(f"unknown --device {name!r}; use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and (not torch.cuda.is_available()
                                   or (device.index or 0) >= torch.cuda.device_count()):
-        raise RnnkitError(f"--device {name} is not available on this machine; use --device cpu")
+        raise UsageError(f"--device {name} is not available on this machine; use --device cpu")
     if device.type not in ("cpu", "cuda"):
-        raise RnnkitError(f"--device {name} is not supported; use cpu or cuda")
+        raise UsageError(f"--device {name} is not supported; use cpu or cuda")
     return device
 
 
@@ -64,20 +64,24 @@ def plot_perplexity(path: Path, metrics: list[dict]) -> None:
     tmp.replace(path)
 
 
-def prepare_out_dir(out: Path, *, resume: bool, force: bool) -> None:
-    """Refuse to overwrite an existing run unless --force; --resume needs a run to continue."""
+def check_out_dir(out: Path, *, resume: bool, force: bool) -> None:
+    """Refuse to overwrite an existing run unless --force; --resume needs a run to continue.
+    Reads only: nothing is written until the corpus and settings have passed every check."""
     if out.exists() and not out.is_dir():
-        raise RnnkitError(f"--out {out} is a file; pass a directory")
+        raise UsageError(f"--out {out} is a file; pass a directory")
     has_run = (out / "config.json").exists()
     if resume:
         if not has_run:
-            raise RnnkitError(f"--resume {out}: no run to resume there (no config.json)")
+            raise UsageError(f"--resume: no run to resume in {out} (no config.json)")
         return
     if has_run and not force:
-        raise RnnkitError(f"--out {out} already holds a run; pass --resume to continue it or "
-                          "--force to replace it")
+        raise UsageError(f"--out {out} already holds a run; pass --resume to continue it or "
+                         "--force to replace it")
     if out.is_dir() and any(out.iterdir()) and not has_run and not force:
-        raise RnnkitError(f"--out {out} is not empty; pick a new directory or pass --force")
+        raise UsageError(f"--out {out} is not empty; pick a new directory or pass --force")
+
+
+def make_out_dir(out: Path, *, force: bool) -> None:
     if force:
         for name in ckpt.OUTPUT_FILES:
             (out / name).unlink(missing_ok=True)
@@ -106,7 +110,7 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, for
     out = Path(out)
     config.validate()
     device = resolve_device(config.device)
-    prepare_out_dir(out, resume=resume, force=force)
+    check_out_dir(out, resume=resume, force=force)
 
     vocab = None
     if resume:
@@ -134,21 +138,23 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, for
         path = out / "model.safetensors"
         weights, info, extra = ckpt.read_checkpoint(path)
         ckpt.load_weights_into(model, weights, path)
-        if info is None:
-            raise RnnkitError(f"{path} holds no training state to resume from")
+        info = ckpt.check_trainer(info, path)
         _restore_optimizer(optimizer, extra)
         start_epoch, start_batch = int(info["epoch"]), int(info["batch"])
         sums = (float(info["loss_sum"]), int(info["tokens"]), float(info["seconds"]))
         n_state = sum(k.startswith("state.") for k in extra)
         carried = tuple(extra[f"state.{i}"].to(device) for i in range(n_state)) or None
-        metrics = _read_metrics(out / "metrics.jsonl")[:start_epoch]
+        metrics = list(info.get("metrics", []))[:start_epoch]
     else:
+        make_out_dir(out, force=force)
         ckpt.save_run_metadata(out, config, vocab)
     (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
 
     def save(epoch: int, batch: int, state, loss_sum: float, tokens: int, seconds: float):
+        # the metrics so far travel with the weights, so a resumed run rewrites metrics.jsonl
+        # exactly even if a crash cut its last line
         info = {"epoch": epoch, "batch": batch, "loss_sum": loss_sum, "tokens": tokens,
-                "seconds": seconds}
+                "seconds": seconds, "metrics": metrics}
         tensors = _optimizer_tensors(optimizer)
         if state is not None and batch > 0 and config.sampling == "sequential":
             tensors.update({f"state.{i}": s for i, s in enumerate(state)})
@@ -157,6 +163,9 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, for
         except OSError as e:
             raise RnnkitError(f"could not write the checkpoint in {out} ({e.strerror}); the "
                               "previous checkpoint is kept") from None
+
+    if not resume:  # a run is resumable from its first moment
+        save(0, 0, None, 0.0, 0, 0.0)
 
     stop = {"signum": None}
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -187,11 +196,6 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, for
 
             def on_batch(i, state, loss_sum, tokens):
                 nonlocal last_save
-                if not math.isfinite(loss_sum):
-                    raise RnnkitError(
-                        f"the loss became {loss_sum} at epoch {epoch + 1}, batch {first + i + 1};"
-                        f" the last good checkpoint is kept — lower --lr (now {config.lr}) or "
-                        f"--clip (now {config.clip})")
                 pending = stop["signum"] is not None
                 if pending or time.monotonic() - last_save > checkpoint_every:
                     save(epoch, first + i + 1, state, loss0 + loss_sum, tokens0 + tokens, 0.0)
@@ -200,10 +204,15 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, for
                     raise Interrupted(stop["signum"], f"epoch {epoch + 1}, batch {first + i + 1}",
                                       str(out))
 
-            loss_sum, tokens, seconds = train_epoch(
-                model, batches.iter_from(first), optimizer, clip=config.clip,
-                carry_state=config.sampling == "sequential", device=device,
-                state=carried if first > 0 else None, on_batch=on_batch)
+            try:
+                loss_sum, tokens, seconds = train_epoch(
+                    model, batches.iter_from(first), optimizer, clip=config.clip,
+                    carry_state=config.sampling == "sequential", device=device,
+                    state=carried if first > 0 else None, on_batch=on_batch)
+            except Diverged as e:
+                raise Diverged(f"{e} of epoch {epoch + 1}; training stopped and the last good "
+                               f"checkpoint is kept — lower --lr (now {config.lr}) or --clip "
+                               f"(now {config.clip})") from None
             loss_sum, tokens, seconds = loss0 + loss_sum, tokens0 + tokens, seconds0 + seconds
             record = {"epoch": epoch + 1, "train_ppl": perplexity(loss_sum, tokens),
                       "val_ppl": None, "tokens_per_s": tokens / max(seconds, 1e-9)}
@@ -212,9 +221,9 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, for
                     model, val_ids, batch_size=config.batch_size, num_steps=config.num_steps,
                     device=device))
             metrics.append(record)
+            save(epoch + 1, 0, None, 0.0, 0, 0.0)
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
-            save(epoch + 1, 0, None, 0.0, 0, 0.0)
             last_save = time.monotonic()
             text = None
             if config.sample_every and (epoch + 1) % config.sample_every == 0:
@@ -249,9 +258,3 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, for
         for s in summary["samples"]:
             print(s, file=stdout)
     return summary
-
-
-def _read_metrics(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

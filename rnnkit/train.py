@@ -13,11 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import Batches
+from .errors import Diverged
 
 
 def perplexity(loss_sum: float, num_tokens: int) -> float:
     """exp(mean cross-entropy per token); a uniform model over V tokens scores exactly V."""
-    return math.exp(loss_sum / num_tokens)
+    mean = loss_sum / num_tokens
+    return math.exp(mean) if mean < 709 else math.inf  # exp overflows float64 beyond ~709
 
 
 def grad_norm(params: Iterable[torch.Tensor]) -> torch.Tensor:
@@ -65,12 +67,15 @@ def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Opti
             state = detach_state(state)
         logits, state = model(X, state)                                 # (T, B, V)
         loss = sequence_loss(logits, Y)
+        value = float(loss.detach())
+        if not math.isfinite(value):  # stop before the update, so the weights stay good
+            raise Diverged(f"the loss became {value} at batch {i + 1}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip > 0:
             clip_gradients(model.parameters(), clip)
         optimizer.step()
-        loss_sum += float(loss.detach()) * Y.numel()
+        loss_sum += value * Y.numel()
         tokens += Y.numel()
         if on_batch is not None:
             on_batch(i, state, loss_sum, tokens)
