@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_train(args) -> int:
     from .config import TrainConfig
+    from .perf import keep_freed_memory
     from .runner import train_run
     config = TrainConfig(corpus=args.corpus, clean=args.clean, token=args.token,
                          min_freq=args.min_freq, max_tokens=args.max_tokens,
@@ -118,6 +119,7 @@ def cmd_train(args) -> int:
         raise UsageError("--resume and --force contradict each other; pick one")
     if not args.checkpoint_every > 0:
         raise UsageError("--checkpoint-every must be a positive number of seconds")
+    keep_freed_memory()
     train_run(config, args.out, resume=args.resume, force=args.force, json_lines=args.json,
               checkpoint_every=args.checkpoint_every)
     return 0

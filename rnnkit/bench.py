@@ -1,0 +1,218 @@
+"""`rnnkit bench`: the book's loop, torch.nn.RNN and rnnkit's fast paths, side by side in one
+process on the chapter's configuration (batch 32, 35 steps, hidden 512, vocab 28).
+
+Prints a table and one JSON line. Speeds are medians over interleaved rounds, so a noisy
+machine slows every contender alike; compare the ratios, not the absolute figures.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import random
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import d2l
+from .data import load_corpus, sequential_batches, split_corpus
+from .generate import generate_ids
+from .models import RNNScratch
+from .perf import keep_freed_memory
+from .train import clip_gradients, perplexity, sequence_loss, train_epoch
+
+V, H, B, T = 28, 512, 32, 35
+FLOP_PER_TOKEN = 6 * (H * H + 2 * V * H)   # forward 2(VH + HH + HV), backward twice that
+
+
+def book_predict_ch8(prefix, num_preds, net, vocab, device):
+    """The book's predict_ch8, verbatim (autograd on, one tensor per step)."""
+    state = net.begin_state(batch_size=1, device=device)
+    outputs = [vocab[prefix[0]]]
+    get_input = lambda: torch.tensor([outputs[-1]], device=device).reshape((1, 1))  # noqa: E731
+    for y in prefix[1:]:
+        _, state = net(get_input(), state)
+        outputs.append(vocab[y])
+    for _ in range(num_preds):
+        y, state = net(get_input(), state)
+        outputs.append(int(y.argmax(dim=1).reshape(1)))
+    return "".join([vocab.idx_to_token[i] for i in outputs])
+
+
+def _book_step(net, updater):
+    """One batch of the book's train_epoch_ch8 (sequential: state detached between batches)."""
+    def step(X, Y, state):
+        state = net.begin_state(batch_size=X.shape[0], device="cpu") if state is None else state
+        if isinstance(state, tuple):
+            for s in state:
+                s.detach_()
+        else:
+            state.detach_()
+        y_hat, state = net(X, state)
+        loss = nn.CrossEntropyLoss()(y_hat, Y.T.reshape(-1).long()).mean()
+        if isinstance(updater, torch.optim.Optimizer):
+            updater.zero_grad()
+            loss.backward()
+            d2l.grad_clipping(net, 1)
+            updater.step()
+        else:
+            loss.backward()
+            d2l.grad_clipping(net, 1)
+            updater(batch_size=1)
+        return state
+    return step
+
+
+def _rnnkit_step(model, optimizer):
+    def step(X, Y, state):
+        state = model.begin_state(X.shape[0]) if state is None else tuple(s.detach() for s in state)
+        logits, state = model(X, state)
+        loss = sequence_loss(logits, Y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip_gradients(model.parameters(), 1.0)
+        optimizer.step()
+        return state
+    return step
+
+
+def contenders() -> dict:
+    torch.manual_seed(0)
+    book = d2l.RNNModelScratch(V, H, "cpu", d2l.get_params, d2l.init_rnn_state, d2l.rnn)
+    concise = d2l.RNNModel(nn.RNN(V, H), V)
+    fast = {p: RNNScratch(V, H, impl="bptt", precision=p,
+                          generator=torch.Generator().manual_seed(0)) for p in ("fp32", "bf16")}
+    return {
+        "book loop": _book_step(book, lambda batch_size: d2l.sgd(book.params, 1, batch_size)),
+        "torch.nn.RNN": _book_step(concise, torch.optim.SGD(concise.parameters(), lr=1)),
+        "bptt fp32": _rnnkit_step(fast["fp32"], torch.optim.SGD(fast["fp32"].parameters(), 1)),
+        "bptt bf16": _rnnkit_step(fast["bf16"], torch.optim.SGD(fast["bf16"].parameters(), 1)),
+    }
+
+
+def training_speed(steps: dict, batches: list, rounds: int) -> dict[str, float]:
+    """Median tokens/s of each step function over `rounds` interleaved passes over `batches`."""
+    speeds = {name: [] for name in steps}
+    for name, step in steps.items():                          # warm-up
+        step(*batches[0], None)
+    for _ in range(rounds):
+        for name, step in steps.items():
+            state, start = None, time.perf_counter()
+            for X, Y in batches:
+                state = step(X, Y, state)
+            speeds[name].append(len(batches) * B * T / (time.perf_counter() - start))
+    return {name: statistics.median(v) for name, v in speeds.items()}
+
+
+def gemm_gflops(n: int, dtype=torch.float32, m: int | None = None, repeats: int = 5) -> float:
+    m = m or n
+    a, b = torch.randn(m, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(max(1, 2000 // n)):
+            a @ b
+        times.append((time.perf_counter() - start) / max(1, 2000 // n))
+    return 2 * m * n * n / statistics.median(times) / 1e9
+
+
+def generation_speed(quick: bool) -> dict[str, float]:
+    _, vocab = load_corpus()
+    torch.manual_seed(0)
+    net = d2l.RNNModelScratch(V, H, "cpu", d2l.get_params, d2l.init_rnn_state, d2l.rnn)
+    model = RNNScratch(V, H)
+    with torch.no_grad():
+        for p, q in zip(model.parameters(), net.params):
+            p.copy_(q)
+    n = 500 if quick else 2000
+    prefix = "time traveller"
+    out = {}
+    for name, fn in (
+            ("book predict_ch8", lambda: book_predict_ch8(prefix, n, net, vocab, "cpu")),
+            ("fast, 1 stream", lambda: generate_ids(model, vocab[list(prefix)], n)),
+            ("fast, 64 streams", lambda: generate_ids(model, vocab[list(prefix)], n // 4,
+                                                      num_samples=64, temperature=1.0, seed=0))):
+        fn()
+        times = []
+        for _ in range(3 if quick else 5):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        chars = n if "64" not in name else 64 * (n // 4)
+        out[name] = chars / statistics.median(times)
+    assert book_predict_ch8(prefix, 100, net, vocab, "cpu") == \
+        d2l.predict_ch8(prefix, 100, net, vocab, "cpu")           # same text, faster
+    return out
+
+
+def chapter_curves(epochs: int) -> dict[str, list[float]]:
+    """Training perplexity per epoch of the chapter's run, fp32 and bf16, same seed and data."""
+    ids, _ = load_corpus()
+    train, _, _ = split_corpus(ids, 0.1, 10_000)
+    curves = {}
+    for precision in ("fp32", "bf16"):
+        model = RNNScratch(V, H, impl="bptt", precision=precision,
+                           generator=torch.Generator().manual_seed(0))
+        opt = torch.optim.SGD(model.parameters(), lr=1)
+        curves[precision] = []
+        for epoch in range(epochs):
+            batches = sequential_batches(train, B, T, random.Random(f"rnnkit:0:{epoch}"))
+            loss, tokens, _ = train_epoch(model, batches, opt, clip=1, carry_state=True)
+            curves[precision].append(perplexity(loss, tokens))
+    return curves
+
+
+def main(quick: bool = False, json_out: str | None = None) -> int:
+    malloc_tuned = keep_freed_memory()
+    ids, _ = load_corpus()
+    train, _, _ = split_corpus(ids, 0.1, 10_000)
+    batches = list(sequential_batches(train, B, T, random.Random(0)))
+    rounds = 3 if quick else 9
+    threads = torch.get_num_threads()
+    speeds = training_speed(contenders(), batches[: 4 if quick else 8], rounds)
+    gemm = {"fp32 2048^3": gemm_gflops(2048), "fp32 32x512x512": gemm_gflops(512, m=32),
+            "bf16 2048^3": gemm_gflops(2048, torch.bfloat16)}
+    torch.set_num_threads(1)
+    one_thread = training_speed({"bptt fp32": contenders()["bptt fp32"]}, batches[:4],
+                                3)["bptt fp32"]
+    torch.set_num_threads(threads)
+    gen = generation_speed(quick)
+    curves = chapter_curves(20 if quick else 500)
+
+    base = speeds["book loop"]
+    print(f"rnnkit bench — {platform.processor() or platform.machine()}, "
+          f"{threads} threads, torch {torch.__version__}, malloc tuned: {malloc_tuned}")
+    print(f"{'training (B=32, T=35, H=512)':32s} {'tokens/s':>10s} {'x book':>7s} "
+          f"{'x nn.RNN':>8s} {'GFLOP/s':>8s}")
+    for name, v in speeds.items():
+        print(f"{name:32s} {v:10,.0f} {v / base:7.2f} {v / speeds['torch.nn.RNN']:8.2f} "
+              f"{v * FLOP_PER_TOKEN / 1e9:8.1f}")
+    print(f"{'bptt fp32, 1 thread':32s} {one_thread:10,.0f} {one_thread / base:7.2f}")
+    for name, v in gemm.items():
+        print(f"GEMM {name:27s} {v:10.1f} GFLOP/s")
+    gbase = gen["book predict_ch8"]
+    print(f"{'generation (greedy / sampled)':32s} {'chars/s':>10s} {'x book':>7s}")
+    for name, v in gen.items():
+        print(f"{name:32s} {v:10,.0f} {v / gbase:7.1f}")
+    every = max(1, len(curves["fp32"]) // 10)
+    print("chapter run, training perplexity by epoch (fp32 | bf16):")
+    for i in list(range(every - 1, len(curves["fp32"]), every)):
+        print(f"  epoch {i + 1:4d}  {curves['fp32'][i]:8.3f} | {curves['bf16'][i]:8.3f}")
+    result = {"threads": threads, "malloc_tuned": malloc_tuned, "torch": torch.__version__,
+              "quick": quick, "train_tokens_per_s": speeds,
+              "train_ratio_vs_book": {k: v / base for k, v in speeds.items()},
+              "train_ratio_vs_nn_rnn": {k: v / speeds["torch.nn.RNN"] for k, v in speeds.items()},
+              "bptt_fp32_one_thread": one_thread,
+              "achieved_gflops": {k: v * FLOP_PER_TOKEN / 1e9 for k, v in speeds.items()},
+              "gemm_gflops": gemm, "generate_chars_per_s": gen,
+              "generate_ratio_vs_book": {k: v / gbase for k, v in gen.items()},
+              "final_ppl": {k: c[-1] for k, c in curves.items()}, "curves": curves}
+    line = json.dumps(result)
+    print(line)
+    if json_out:
+        with open(json_out, "w") as f:
+            f.write(line + "\n")
+    return 0
