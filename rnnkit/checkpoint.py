@@ -147,8 +147,7 @@ def load_run(run_dir: str | os.PathLike, *, weights: str = "model.safetensors",
              device: str = "cpu") -> tuple[nn.Module, Vocab, TrainConfig]:
     """Rebuild a trained model from a run directory: (model in eval mode, vocab, config)."""
     config, vocab = load_config_and_vocab(run_dir)
-    model = build_model(len(vocab), config.hidden, cell=config.cell, impl=config.impl,
-                        precision=config.precision, seed=config.seed)
+    model = build_model(len(vocab), config)
     path = Path(run_dir) / weights
     load_weights_into(model, read_checkpoint(path)[0], path)
     return model.to(device).eval(), vocab, config

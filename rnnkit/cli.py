@@ -20,7 +20,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import TrainConfig
+    from .config import PRESETS, TrainConfig
     d = TrainConfig()
     p = _Parser(prog="rnnkit", description="Character-level RNN language models, from the "
                 "Dive into Deep Learning chapter to real training runs.",
@@ -31,38 +31,57 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model (defaults: the chapter's run)",
                        epilog="example: rnnkit train --corpus my.txt --clean none --out runs/my")
+    # config flags default to SUPPRESS, so a --preset fills only what the user did not give
+    S = argparse.SUPPRESS
+
+    def opt(group, flag, kind=str, help=""):
+        name = flag[2:].replace("-", "_")
+        group.add_argument(flag, type=kind, default=S,
+                           help=f"{help} (default: {getattr(d, name)})".strip())
+
     g = t.add_argument_group("data")
-    g.add_argument("--corpus", help="UTF-8 text file (default: bundled The Time Machine)")
-    g.add_argument("--clean", default=d.clean, help="d2l | lower | none (default: d2l)")
-    g.add_argument("--token", default=d.token, help="char | word (default: char)")
-    g.add_argument("--min-freq", type=int, default=d.min_freq, help="e.g. 3 (default: 0)")
-    g.add_argument("--max-tokens", type=int, default=d.max_tokens,
-                   help="training tokens, -1 = all (default: 10000, as the book)")
-    g.add_argument("--val-fraction", type=float, default=d.val_fraction,
-                   help="held-out tail of the corpus (default: 0.1)")
+    opt(g, "--corpus", help="UTF-8 text file; None = bundled The Time Machine")
+    opt(g, "--clean", help="d2l | lower | none")
+    opt(g, "--token", help="char | word")
+    opt(g, "--min-freq", int, "rarer tokens become <unk>, e.g. 3")
+    opt(g, "--max-tokens", int, "training tokens, -1 = all")
+    opt(g, "--val-fraction", float, "held-out validation share, e.g. 0.1")
+    opt(g, "--test-fraction", float, "held-out test share at the very end, e.g. 0.05")
     g = t.add_argument_group("model")
-    g.add_argument("--cell", default=d.cell, help="rnn | gru | lstm (default: rnn)")
-    g.add_argument("--impl", default=d.impl, help="bptt | autograd | torch (default: bptt)")
-    g.add_argument("--hidden", type=int, default=d.hidden, help="hidden units (default: 512)")
-    g.add_argument("--precision", default=d.precision, help="fp32 | bf16 (default: fp32)")
+    opt(g, "--cell", help="rnn | gru | lstm")
+    opt(g, "--impl", help="bptt | autograd | torch")
+    opt(g, "--hidden", int, "hidden units, e.g. 512")
+    opt(g, "--precision", help="fp32 | bf16")
+    opt(g, "--layers", int, "stacked layers (--impl torch)")
+    opt(g, "--dropout", float, "dropout, e.g. 0.25 (--impl torch)")
+    opt(g, "--embed", int, "learned embedding size, 0 = one-hot (--impl torch)")
+    g.add_argument("--tie", action="store_true", default=S,
+                   help="tie embedding and output weights (needs --embed == --hidden)")
     g = t.add_argument_group("optimization")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: 32)")
-    g.add_argument("--num-steps", type=int, default=d.num_steps, help="(default: 35)")
-    g.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate (default: 1)")
-    g.add_argument("--clip", type=float, default=d.clip, help="gradient norm (default: 1)")
-    g.add_argument("--epochs", type=int, default=d.epochs, help="(default: 500)")
-    g.add_argument("--sampling", default=d.sampling, help="sequential | random")
-    g.add_argument("--seed", type=int, default=d.seed, help="(default: 0)")
+    g.add_argument("--preset", default="d2l", choices=sorted(PRESETS),
+                   help="bundle of settings: d2l (the chapter) or quality (default: d2l)")
+    opt(g, "--optimizer", help="sgd | adam | adamw")
+    opt(g, "--lr", float, "peak learning rate")
+    opt(g, "--weight-decay", float, "e.g. 0.01")
+    opt(g, "--warmup", int, "steps of linear warm-up")
+    opt(g, "--schedule", help="constant | cosine | plateau")
+    opt(g, "--clip", float, "gradient global-norm bound")
+    opt(g, "--epochs", int, "passes over the training slice")
+    opt(g, "--patience", int, "early stop after N epochs without a better val loss; 0 = off")
+    opt(g, "--time-budget", float, "stop after N seconds of training; 0 = none")
+    opt(g, "--batch-size", int, "rows per minibatch")
+    opt(g, "--num-steps", int, "time steps per row")
+    opt(g, "--sampling", help="sequential | random")
+    opt(g, "--seed", int, "seed of initialisation and batch order")
     g = t.add_argument_group("system and output")
-    g.add_argument("--device", default=d.device, help="cpu | cuda | cuda:N | auto")
+    opt(g, "--device", help="cpu | cuda | cuda:N | auto")
     g.add_argument("--out", default="runs/latest", help="run directory (default: runs/latest)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out")
     g.add_argument("--force", action="store_true", help="replace the run in --out")
     g.add_argument("--checkpoint-every", type=float, default=300.0,
                    help="seconds between mid-epoch checkpoints (default: 300)")
-    g.add_argument("--prefix", default=d.prefix, help="prefix of the samples printed")
-    g.add_argument("--sample-every", type=int, default=d.sample_every,
-                   help="print a sample every N epochs (default: 10)")
+    opt(g, "--prefix", help="prefix of the samples printed")
+    opt(g, "--sample-every", int, "print a sample every N epochs, 0 = never")
     g.add_argument("--json", action="store_true", help="JSON lines on stdout, nothing else")
     t.set_defaults(func=cmd_train)
 
@@ -84,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="example: rnnkit eval runs/latest --corpus other.txt")
     e.add_argument("run_dir", help="a directory made by 'rnnkit train'")
     e.add_argument("--corpus", help="text to score (default: the run's validation slice)")
+    e.add_argument("--split", default="val", choices=["train", "val", "test"],
+                   help="which slice of the run's corpus to score (default: val)")
     e.add_argument("--weights", default="model.safetensors", help="or best.safetensors")
     e.set_defaults(func=cmd_eval)
 
@@ -102,26 +123,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> int:
-    from .config import TrainConfig
+    import dataclasses
+    from .config import PRESETS, TrainConfig
     from .perf import keep_freed_memory
     from .runner import train_run
-    config = TrainConfig(corpus=args.corpus, clean=args.clean, token=args.token,
-                         min_freq=args.min_freq, max_tokens=args.max_tokens,
-                         val_fraction=args.val_fraction, cell=args.cell, impl=args.impl,
-                         hidden=args.hidden, precision=args.precision,
-                         batch_size=args.batch_size, num_steps=args.num_steps, lr=args.lr,
-                         clip=args.clip, epochs=args.epochs, sampling=args.sampling,
-                         seed=args.seed, device=args.device, prefix=args.prefix,
-                         sample_every=args.sample_every).validate()
-    if not args.prefix:
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in fields}
+    if given.get("prefix", None) == "":
         raise UsageError("--prefix must not be empty")
+    config = TrainConfig(**{**PRESETS[args.preset], **given}).validate()
     if args.resume and args.force:
         raise UsageError("--resume and --force contradict each other; pick one")
     if not args.checkpoint_every > 0:
         raise UsageError("--checkpoint-every must be a positive number of seconds")
     keep_freed_memory()
     train_run(config, args.out, resume=args.resume, force=args.force, json_lines=args.json,
-              checkpoint_every=args.checkpoint_every)
+              checkpoint_every=args.checkpoint_every, resume_epochs=given.get("epochs"))
     return 0
 
 
@@ -172,8 +189,9 @@ def cmd_eval(args) -> int:
         where = args.corpus
     else:
         ids, _ = load_corpus(config.corpus, config.clean, config.token, vocab=vocab)
-        ids = split_corpus(ids, config.val_fraction, config.max_tokens)[1]
-        where = "the validation slice"
+        slices = split_corpus(ids, config.val_fraction, config.max_tokens, config.test_fraction)
+        ids = slices[("train", "val", "test").index(args.split)]
+        where = f"the {args.split} slice"
     unk = int(np.count_nonzero(ids == vocab.unk))
     if unk:
         print(f"rnnkit: warning: {unk} token(s) are not in the run's vocabulary and score as "

@@ -1,5 +1,6 @@
-"""Character-level language models: the chapter's `RNNScratch` (the equations, one-hot inputs)
-and `TorchRNN`, the book's concise `RNNModel` on `torch.nn.RNN` + `nn.Linear`.
+"""Character-level language models: the chapter's `RNNScratch` (the equations, one-hot inputs),
+`GRUScratch` and `LSTMScratch` in the same style, and `TorchRNN`, the book's concise `RNNModel`
+on `torch.nn.RNN`/`GRU`/`LSTM` + `nn.Linear`.
 
 Every model maps ids X (B, T) and a state tuple to logits (T, B, V) and the new state tuple.
 """
@@ -58,18 +59,101 @@ class RNNScratch(nn.Module):
         return torch.stack(outputs), (H,)                                # (T, B, V)
 
 
+class GRUScratch(nn.Module):
+    """The gated recurrent unit in `torch.nn.GRU`'s exact form (so the two can be compared):
+
+        R_t = σ(X_t W_xr + H_{t-1} W_hr + b_r)                  reset gate
+        Z_t = σ(X_t W_xz + H_{t-1} W_hz + b_z)                  update gate
+        N_t = tanh(X_t W_xn + b_xn + R_t ⊙ (H_{t-1} W_hn + b_hn))  candidate state
+        H_t = (1 − Z_t) ⊙ N_t + Z_t ⊙ H_{t-1},   O_t = H_t W_hq + b_q
+    """
+
+    def __init__(self, vocab_size: int, num_hiddens: int, *,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        self.vocab_size, self.num_hiddens = vocab_size, num_hiddens
+        V, H = vocab_size, num_hiddens
+        for gate in ("r", "z", "n"):
+            self.register_parameter(f"W_x{gate}", _normal((V, H), generator))
+            self.register_parameter(f"W_h{gate}", _normal((H, H), generator))
+        self.b_r, self.b_z = nn.Parameter(torch.zeros(H)), nn.Parameter(torch.zeros(H))
+        self.b_xn, self.b_hn = nn.Parameter(torch.zeros(H)), nn.Parameter(torch.zeros(H))
+        self.W_hq = _normal((H, V), generator)
+        self.b_q = nn.Parameter(torch.zeros(V))
+
+    def begin_state(self, batch_size: int, device: torch.device | str | None = None) -> tuple:
+        return (torch.zeros(batch_size, self.num_hiddens, device=device or self.W_hq.device),)
+
+    def forward(self, X: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
+        inputs = F.one_hot(X.T, self.vocab_size).to(self.W_hq.dtype)    # (T, B, V)
+        H, = state                                                       # (B, H)
+        outputs = []
+        for X_t in inputs:                                               # (B, V)
+            R = torch.sigmoid(X_t @ self.W_xr + H @ self.W_hr + self.b_r)              # (B, H)
+            Z = torch.sigmoid(X_t @ self.W_xz + H @ self.W_hz + self.b_z)              # (B, H)
+            N = torch.tanh(X_t @ self.W_xn + self.b_xn + R * (H @ self.W_hn + self.b_hn))  # (B, H)
+            H = (1 - Z) * N + Z * H                                                     # (B, H)
+            outputs.append(H @ self.W_hq + self.b_q)                                    # (B, V)
+        return torch.stack(outputs), (H,)                                # (T, B, V)
+
+
+class LSTMScratch(nn.Module):
+    """Long short-term memory in `torch.nn.LSTM`'s exact form:
+
+        I_t = σ(X_t W_xi + H_{t-1} W_hi + b_i)    F_t = σ(X_t W_xf + H_{t-1} W_hf + b_f)
+        G_t = tanh(X_t W_xc + H_{t-1} W_hc + b_c)  O_t = σ(X_t W_xo + H_{t-1} W_ho + b_o)
+        C_t = F_t ⊙ C_{t-1} + I_t ⊙ G_t,   H_t = O_t ⊙ tanh(C_t),   Y_t = H_t W_hq + b_q
+    """
+
+    def __init__(self, vocab_size: int, num_hiddens: int, *,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        self.vocab_size, self.num_hiddens = vocab_size, num_hiddens
+        V, H = vocab_size, num_hiddens
+        for gate in ("i", "f", "c", "o"):
+            self.register_parameter(f"W_x{gate}", _normal((V, H), generator))
+            self.register_parameter(f"W_h{gate}", _normal((H, H), generator))
+            self.register_parameter(f"b_{gate}", nn.Parameter(torch.zeros(H)))
+        self.W_hq = _normal((H, V), generator)
+        self.b_q = nn.Parameter(torch.zeros(V))
+
+    def begin_state(self, batch_size: int, device: torch.device | str | None = None) -> tuple:
+        device = device or self.W_hq.device
+        return (torch.zeros(batch_size, self.num_hiddens, device=device),
+                torch.zeros(batch_size, self.num_hiddens, device=device))
+
+    def forward(self, X: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
+        inputs = F.one_hot(X.T, self.vocab_size).to(self.W_hq.dtype)    # (T, B, V)
+        H, C = state                                                     # (B, H) each
+        outputs = []
+        for X_t in inputs:                                               # (B, V)
+            I = torch.sigmoid(X_t @ self.W_xi + H @ self.W_hi + self.b_i)  # (B, H)
+            F_ = torch.sigmoid(X_t @ self.W_xf + H @ self.W_hf + self.b_f)  # (B, H)
+            G = torch.tanh(X_t @ self.W_xc + H @ self.W_hc + self.b_c)     # (B, H)
+            O = torch.sigmoid(X_t @ self.W_xo + H @ self.W_ho + self.b_o)  # (B, H)
+            C = F_ * C + I * G                                             # (B, H)
+            H = O * torch.tanh(C)                                          # (B, H)
+            outputs.append(H @ self.W_hq + self.b_q)                       # (B, V)
+        return torch.stack(outputs), (H, C)                              # (T, B, V)
+
+
 class TorchRNN(nn.Module):
-    """The book's concise model: one-hot → `torch.nn.RNN`/`GRU`/`LSTM` → `nn.Linear`."""
+    """The book's concise model: one-hot (or a learned embedding) → `torch.nn.RNN`/`GRU`/`LSTM`
+    (stacked, with dropout between layers) → dropout → `nn.Linear`."""
 
     LAYERS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
     def __init__(self, vocab_size: int, num_hiddens: int, *, cell: str = "rnn",
-                 num_layers: int = 1, dropout: float = 0.0):
+                 num_layers: int = 1, dropout: float = 0.0, embed: int = 0, tie: bool = False):
         super().__init__()
         self.vocab_size, self.num_hiddens, self.cell = vocab_size, num_hiddens, cell
-        self.rnn = self.LAYERS[cell](vocab_size, num_hiddens, num_layers=num_layers,
+        self.embedding = nn.Embedding(vocab_size, embed) if embed else None
+        self.rnn = self.LAYERS[cell](embed or vocab_size, num_hiddens, num_layers=num_layers,
                                      dropout=dropout if num_layers > 1 else 0.0)
+        self.drop = nn.Dropout(dropout)
         self.linear = nn.Linear(num_hiddens, vocab_size)
+        if tie:
+            self.linear.weight = self.embedding.weight   # (V, H) both: one matrix, two uses
 
     def begin_state(self, batch_size: int, device: torch.device | str | None = None) -> tuple:
         device = device or self.linear.weight.device
@@ -78,20 +162,27 @@ class TorchRNN(nn.Module):
         return tuple(torch.zeros(shape, device=device) for _ in range(n))
 
     def forward(self, X: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
-        inputs = F.one_hot(X.T, self.vocab_size).to(self.linear.weight.dtype)  # (T, B, V)
-        Y, new = self.rnn(inputs, state if self.cell == "lstm" else state[0])  # (T, B, H)
-        return self.linear(Y), (new if self.cell == "lstm" else (new,))          # (T, B, V)
+        if self.embedding is not None:
+            inputs = self.drop(self.embedding(X.T))                              # (T, B, E)
+        else:
+            inputs = F.one_hot(X.T, self.vocab_size).to(self.linear.weight.dtype)  # (T, B, V)
+        Y, new = self.rnn(inputs, state if self.cell == "lstm" else state[0])   # (T, B, H)
+        logits = self.linear(self.drop(Y))                                       # (T, B, V)
+        return logits, (new if self.cell == "lstm" else (new,))
 
 
-def build_model(vocab_size: int, num_hiddens: int, *, cell: str = "rnn", impl: str = "bptt",
-                precision: str = "fp32", seed: int = 0) -> nn.Module:
-    """The model a config names, initialised from `seed` (reproducible, no global RNG)."""
-    generator = torch.Generator().manual_seed(seed)
-    if impl == "torch":
+def build_model(vocab_size: int, config) -> nn.Module:
+    """The model a `TrainConfig` names, initialised from its seed (no global RNG touched)."""
+    generator = torch.Generator().manual_seed(config.seed)
+    if config.impl == "torch":
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # nn.RNN draws from the global RNG; keep it local
-            return TorchRNN(vocab_size, num_hiddens, cell=cell)
-    if cell != "rnn":
-        raise ValueError(f"--cell {cell} has no from-scratch model yet; use --impl torch")
-    return RNNScratch(vocab_size, num_hiddens, impl=impl, precision=precision,
+            torch.manual_seed(config.seed)  # nn layers draw from the global RNG; keep it local
+            return TorchRNN(vocab_size, config.hidden, cell=config.cell,
+                            num_layers=config.layers, dropout=config.dropout,
+                            embed=config.embed, tie=config.tie)
+    if config.cell == "gru":
+        return GRUScratch(vocab_size, config.hidden, generator=generator)
+    if config.cell == "lstm":
+        return LSTMScratch(vocab_size, config.hidden, generator=generator)
+    return RNNScratch(vocab_size, config.hidden, impl=config.impl, precision=config.precision,
                       generator=generator)

@@ -20,7 +20,8 @@ from .data import SAMPLERS, load_corpus, min_tokens_for_batch, split_corpus
 from .errors import Diverged, Interrupted, RnnkitError, UsageError
 from .generate import predict
 from .models import build_model
-from .train import eval_rows, evaluate, perplexity, train_epoch
+from .train import (eval_rows, evaluate, make_optimizer, perplexity, scheduled_lr,
+                    train_epoch)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -104,8 +105,9 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
 
 def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, force: bool = False,
               json_lines: bool = False, checkpoint_every: float = 300.0,
-              stdout=None) -> dict:
-    """Train as `config` says, writing the run to `out`; returns the summary dict."""
+              resume_epochs: int | None = None, stdout=None) -> dict:
+    """Train as `config` says, writing the run to `out`; returns the summary dict.
+    With `resume`, the run's saved config is used, its epochs raised to `resume_epochs`."""
     stdout = stdout or sys.stdout
     out = Path(out)
     config.validate()
@@ -115,9 +117,11 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, for
     vocab = None
     if resume:
         saved_config, vocab = ckpt.load_config_and_vocab(out)
-        config = TrainConfig.from_dict({**saved_config.to_dict(), "epochs": config.epochs})
+        config = TrainConfig.from_dict(
+            {**saved_config.to_dict(), "epochs": resume_epochs or saved_config.epochs})
     ids, vocab = load_corpus(config.corpus, config.clean, config.token, config.min_freq, vocab)
-    train_ids, val_ids, _ = split_corpus(ids, config.val_fraction, config.max_tokens)
+    train_ids, val_ids, test_ids = split_corpus(ids, config.val_fraction, config.max_tokens,
+                                                config.test_fraction)
     need = min_tokens_for_batch(config.batch_size, config.num_steps, config.sampling)
     if len(train_ids) < need:
         raise RnnkitError(f"the training slice has {len(train_ids)} tokens; one batch of "
@@ -128,12 +132,16 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, for
         raise RnnkitError(f"the validation slice has {len(val_ids)} tokens, no full sequence of "
                           f"{config.num_steps} steps; raise --val-fraction or lower --num-steps")
 
-    model = build_model(len(vocab), config.hidden, cell=config.cell, impl=config.impl,
-                        precision=config.precision, seed=config.seed).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
+    model = build_model(len(vocab), config).to(device)
+    optimizer = make_optimizer(model.parameters(), config.optimizer, config.lr,
+                               config.weight_decay)
+    torch.manual_seed(config.seed)  # dropout draws from the global generator (saved below)
     start_epoch, start_batch, carried = 0, 0, None
     sums = (0.0, 0, 0.0)  # loss, tokens, seconds of the epoch in progress
     metrics: list[dict] = []
+    # step: optimizer steps so far; spent: training seconds so far (for --time-budget);
+    # best/bad: best validation perplexity and epochs since; scale: the plateau factor
+    prog = {"step": 0, "spent": 0.0, "best": None, "bad": 0, "scale": 1.0}
     if resume:
         path = out / "model.safetensors"
         weights, info, extra = ckpt.read_checkpoint(path)
@@ -145,6 +153,9 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, for
         n_state = sum(k.startswith("state.") for k in extra)
         carried = tuple(extra[f"state.{i}"].to(device) for i in range(n_state)) or None
         metrics = list(info.get("metrics", []))[:start_epoch]
+        prog.update({k: info[k] for k in prog if k in info})
+        if "rng" in extra:
+            torch.set_rng_state(extra["rng"])
     else:
         make_out_dir(out, force=force)
         ckpt.save_run_metadata(out, config, vocab)
@@ -154,15 +165,18 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, for
         # the metrics so far travel with the weights, so a resumed run rewrites metrics.jsonl
         # exactly even if a crash cut its last line
         info = {"epoch": epoch, "batch": batch, "loss_sum": loss_sum, "tokens": tokens,
-                "seconds": seconds, "metrics": metrics}
-        tensors = _optimizer_tensors(optimizer)
+                "seconds": seconds, "metrics": metrics, **prog}
+        tensors = {**_optimizer_tensors(optimizer), "rng": torch.get_rng_state()}
         if state is not None and batch > 0 and config.sampling == "sequential":
             tensors.update({f"state.{i}": s for i, s in enumerate(state)})
+        write_checkpoint(out / "model.safetensors", info, tensors)
+
+    def write_checkpoint(path: Path, info: dict | None = None, tensors: dict | None = None):
         try:
-            ckpt.save_checkpoint(out / "model.safetensors", model, info, tensors)
+            ckpt.save_checkpoint(path, model, info, tensors)
         except OSError as e:
-            raise RnnkitError(f"could not write the checkpoint in {out} ({e.strerror}); the "
-                              "previous checkpoint is kept") from None
+            raise RnnkitError(f"could not write the checkpoint {path} ({e.strerror}); the "
+                              "previous one is kept") from None
 
     if not resume:  # a run is resumable from its first moment
         save(0, 0, None, 0.0, 0, 0.0)
@@ -187,6 +201,16 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, for
     bar = tqdm(total=config.epochs, initial=start_epoch, unit="epoch", disable=None,
                file=sys.stderr, dynamic_ncols=True)
     last_save = time.monotonic()
+
+    def set_lr(epoch_progress: float):
+        progress = (prog["spent"] / config.time_budget if config.time_budget
+                    else epoch_progress / max(config.epochs, 1))
+        lr = scheduled_lr(config.lr, step=prog["step"], progress=progress, warmup=config.warmup,
+                          schedule=config.schedule, scale=prog["scale"])
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+    out_of_time = False
     try:
         for epoch in range(start_epoch, config.epochs):
             batches = SAMPLERS[config.sampling](train_ids, config.batch_size, config.num_steps,
@@ -194,8 +218,17 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, for
             first = start_batch if epoch == start_epoch else 0
             loss0, tokens0, seconds0 = sums if epoch == start_epoch else (0.0, 0, 0.0)
 
+            set_lr(epoch + first / max(len(batches), 1))
+            tick = time.monotonic()
+
             def on_batch(i, state, loss_sum, tokens):
-                nonlocal last_save
+                nonlocal last_save, tick, out_of_time
+                now = time.monotonic()
+                prog["step"] += 1
+                prog["spent"] += now - tick
+                tick = now
+                set_lr(epoch + (first + i + 1) / max(len(batches), 1))
+                out_of_time = bool(config.time_budget) and prog["spent"] >= config.time_budget
                 pending = stop["signum"] is not None
                 if pending or time.monotonic() - last_save > checkpoint_every:
                     save(epoch, first + i + 1, state, loss0 + loss_sum, tokens0 + tokens, 0.0)
@@ -203,6 +236,7 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, for
                 if pending:
                     raise Interrupted(stop["signum"], f"epoch {epoch + 1}, batch {first + i + 1}",
                                       str(out))
+                return out_of_time
 
             try:
                 loss_sum, tokens, seconds = train_epoch(
@@ -221,6 +255,15 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, for
                     model, val_ids, batch_size=config.batch_size, num_steps=config.num_steps,
                     device=device))
             metrics.append(record)
+            improved = record["val_ppl"] is not None and (
+                prog["best"] is None or record["val_ppl"] < prog["best"])
+            if improved:
+                prog["best"], prog["bad"] = record["val_ppl"], 0
+                write_checkpoint(out / "best.safetensors")
+            elif record["val_ppl"] is not None:
+                prog["bad"] += 1
+                if config.schedule == "plateau":
+                    prog["scale"] *= 0.5
             save(epoch + 1, 0, None, 0.0, 0, 0.0)
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -236,6 +279,8 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, for
             bar.update(1)
             if stop["signum"] is not None:
                 raise Interrupted(stop["signum"], f"the end of epoch {epoch + 1}", str(out))
+            if out_of_time or (config.patience and prog["bad"] >= config.patience):
+                break  # --time-budget spent or --patience exhausted: end as after a last epoch
     finally:
         bar.close()
         for s, h in handlers.items():
@@ -247,6 +292,13 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, for
     summary = {"train_ppl": final["train_ppl"], "val_ppl": final["val_ppl"],
                "tokens_per_s": final["tokens_per_s"], "device": str(device), "out": str(out),
                "samples": samples()}
+    if prog["best"] is not None:
+        summary["best_val_ppl"] = prog["best"]
+    if len(test_ids):
+        rows_ok = eval_rows(len(test_ids), config.batch_size, config.num_steps) >= 1
+        summary["test_ppl"] = perplexity(*evaluate(
+            model, test_ids, batch_size=config.batch_size, num_steps=config.num_steps,
+            device=device)) if rows_ok else None
     if json_lines:
         emit(summary)
     else:

@@ -55,7 +55,8 @@ def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Opti
 
     With sequential batches (`carry_state`), the state is initialised once per epoch and
     detached between batches; with random batches it is initialised for every batch.
-    `on_batch(i, state, loss_sum, tokens)` runs after each update (progress, checkpoints).
+    `on_batch(i, state, loss_sum, tokens)` runs after each update (progress, checkpoints,
+    learning-rate schedule); when it returns True the epoch ends early (a time budget).
     """
     loss_sum, tokens, start = 0.0, 0, time.perf_counter()
     model.train()
@@ -77,9 +78,34 @@ def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Opti
         optimizer.step()
         loss_sum += value * Y.numel()
         tokens += Y.numel()
-        if on_batch is not None:
-            on_batch(i, state, loss_sum, tokens)
+        if on_batch is not None and on_batch(i, state, loss_sum, tokens):
+            break
     return loss_sum, tokens, time.perf_counter() - start
+
+
+def make_optimizer(params, name: str, lr: float, weight_decay: float = 0.0
+                   ) -> torch.optim.Optimizer:
+    """sgd (the book's), adam or adamw (decoupled weight decay)."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def scheduled_lr(lr: float, *, step: int, progress: float, warmup: int = 0,
+                 schedule: str = "constant", scale: float = 1.0) -> float:
+    """Learning rate at optimizer `step` (0-based) and training `progress` in [0, 1]:
+    linear warm-up over `warmup` steps, then constant, cosine (down to lr/10 at the end),
+    or plateau (`scale` is halved by the caller whenever validation stops improving)."""
+    factor = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    if schedule == "cosine":
+        factor *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+    elif schedule == "plateau":
+        factor *= scale
+    return lr * factor
 
 
 def eval_rows(num_tokens: int, batch_size: int, num_steps: int) -> int:

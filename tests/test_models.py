@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,6 +63,9 @@ def test_scratch_rnn_equals_torch_nn_rnn_with_copied_weights():
 
 
 def test_torch_model_shapes_for_every_cell():
+    tied = TorchRNN(28, 16, cell="lstm", num_layers=2, dropout=0.1, embed=16, tie=True)
+    assert tied.linear.weight is tied.embedding.weight
+    assert tied(torch.randint(0, 28, (3, 7)), tied.begin_state(3))[0].shape == (7, 3, 28)
     for cell in ("rnn", "gru", "lstm"):
         m = TorchRNN(28, 16, cell=cell)
         state = m.begin_state(3)
@@ -70,9 +74,75 @@ def test_torch_model_shapes_for_every_cell():
 
 
 def test_build_model_is_reproducible_from_the_seed():
+    from rnnkit.config import TrainConfig
     for impl in ("bptt", "torch"):
-        a, b = build_model(28, 16, impl=impl, seed=3), build_model(28, 16, impl=impl, seed=3)
+        cfg = TrainConfig(hidden=16, impl=impl, seed=3)
+        a, b = build_model(28, cfg), build_model(28, cfg)
         assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     state = torch.random.get_rng_state()
-    build_model(28, 16, impl="torch", seed=5)
+    build_model(28, TrainConfig(hidden=16, impl="torch", seed=5))
     assert torch.equal(state, torch.random.get_rng_state())   # no global RNG touched
+
+
+def _copy_gru(m, ref):
+    with torch.no_grad():
+        ref.weight_ih_l0.copy_(torch.cat([m.W_xr, m.W_xz, m.W_xn], 1).T)
+        ref.weight_hh_l0.copy_(torch.cat([m.W_hr, m.W_hz, m.W_hn], 1).T)
+        ref.bias_ih_l0.copy_(torch.cat([m.b_r, m.b_z, m.b_xn]))
+        ref.bias_hh_l0.copy_(torch.cat([torch.zeros_like(m.b_r), torch.zeros_like(m.b_z),
+                                        m.b_hn]))
+
+
+def _copy_lstm(m, ref):
+    with torch.no_grad():
+        ref.weight_ih_l0.copy_(torch.cat([m.W_xi, m.W_xf, m.W_xc, m.W_xo], 1).T)
+        ref.weight_hh_l0.copy_(torch.cat([m.W_hi, m.W_hf, m.W_hc, m.W_ho], 1).T)
+        ref.bias_ih_l0.copy_(torch.cat([m.b_i, m.b_f, m.b_c, m.b_o]))
+        ref.bias_hh_l0.zero_()
+
+
+def _ref_grads_of(ref, names, m):
+    """Map nn.GRU/LSTM packed gradients back to the scratch parameter names."""
+    H = m.num_hiddens
+    gw_ih, gw_hh, gb_ih, gb_hh = (ref.weight_ih_l0.grad, ref.weight_hh_l0.grad,
+                                  ref.bias_ih_l0.grad, ref.bias_hh_l0.grad)
+    out = {}
+    for k, gate in enumerate(names):
+        out[f"W_x{gate}"] = gw_ih[k * H:(k + 1) * H].T
+        out[f"W_h{gate}"] = gw_hh[k * H:(k + 1) * H].T
+    return out, gb_ih, gb_hh
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_gated_scratch_cells_equal_torch_outputs_and_gradients(cell):
+    from rnnkit.models import GRUScratch, LSTMScratch
+    torch.manual_seed(0)
+    Scratch, Ref = (GRUScratch, nn.GRU) if cell == "gru" else (LSTMScratch, nn.LSTM)
+    m = Scratch(28, 24, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    ref = Ref(28, 24)
+    (_copy_gru if cell == "gru" else _copy_lstm)(m, ref)
+    X = torch.randint(0, 28, (4, 9))
+    state = m.begin_state(4)
+    state = tuple(torch.randn_like(s) * 0.5 for s in state)
+    out, new = m(X, state)
+    ref_state = state[0][None] if cell == "gru" else tuple(s[None] for s in state)
+    Y, ref_new = ref(F.one_hot(X.T, 28).float(), ref_state)
+    ref_out = Y @ m.W_hq + m.b_q
+    assert torch.allclose(out, ref_out, atol=1e-5)
+    assert torch.allclose(new[0], (ref_new if cell == "gru" else ref_new[0])[0], atol=1e-5)
+    out.square().sum().backward()
+    ref_out.square().sum().backward()
+    names = ("r", "z", "n") if cell == "gru" else ("i", "f", "c", "o")
+    grads, gb_ih, gb_hh = _ref_grads_of(ref, names, m)
+    for name, g in grads.items():
+        got = dict(m.named_parameters())[name].grad
+        assert torch.allclose(got, g, rtol=1e-4, atol=1e-5), name
+    H = 24
+    if cell == "gru":
+        assert torch.allclose(m.b_r.grad, gb_ih[:H], atol=1e-5)
+        assert torch.allclose(m.b_hn.grad, gb_hh[2 * H:], atol=1e-5)
+    else:
+        assert torch.allclose(m.b_f.grad, gb_ih[H:2 * H], atol=1e-5)
