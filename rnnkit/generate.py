@@ -73,8 +73,9 @@ def _stepper(model: nn.Module, n: int, device):
 def pick_next(logits: torch.Tensor, *, temperature: float = 0.0, top_k: int | None = None,
               top_p: float | None = None, generator: torch.Generator | None = None
               ) -> torch.Tensor:
-    """Next ids (N,) from logits (N, V): greedy when temperature is 0 or top_k is 1."""
-    if temperature == 0 or top_k == 1:
+    """Next ids (N,) from logits (N, V): greedy when temperature is 0 or top_k is 1.
+    Temperatures below 1e-5 are greedy too: dividing by them overflows fp32 logits."""
+    if temperature < 1e-5 or top_k == 1:
         return logits.argmax(dim=1)
     logits = logits / temperature                               # sharpen (T<1) or flatten (T>1)
     if top_k is not None and top_k < logits.shape[1]:
@@ -108,7 +109,7 @@ def generate_with(step, prefix: list[int], num_preds: int, *, num_samples: int =
                   temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                   seed: int | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
     """`generate_ids` over a step function ids (N,) → logits (N, V) that carries its own state."""
-    if num_samples == 1 and (temperature == 0 or top_k == 1) and hasattr(step, "greedy"):
+    if num_samples == 1 and (temperature < 1e-5 or top_k == 1) and hasattr(step, "greedy"):
         return torch.tensor([step.greedy(prefix, num_preds)], dtype=torch.long)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     ids = torch.full((num_samples,), prefix[0], dtype=torch.long, device=device)
