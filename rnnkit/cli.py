@@ -1,4 +1,4 @@
-"""The `rnnkit` command: train | generate | eval | vocab | bench. The only module that reads argv."""
+"""The `rnnkit` command: train | generate | eval | vocab | prepare | bench. The only module that reads argv."""
 from __future__ import annotations
 
 import argparse
@@ -115,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--min-freq", type=int, default=0)
     v.set_defaults(func=cmd_vocab)
 
+    r = sub.add_parser("prepare", help="encode and cache a corpus ahead of training",
+                       epilog="example: rnnkit prepare --corpus enwik8.txt --clean none")
+    r.add_argument("--corpus", required=True, help="UTF-8 text file")
+    r.add_argument("--clean", default="d2l", help="d2l | lower | none (default: d2l)")
+    r.add_argument("--token", default="char", help="char | word (default: char)")
+    r.add_argument("--min-freq", type=int, default=0)
+    r.set_defaults(func=cmd_prepare)
+
     b = sub.add_parser("bench", help="side-by-side speed table (see benchmarks/README)")
     b.add_argument("--quick", action="store_true", help="finish in under a minute")
     b.add_argument("--json-out", help="also write the JSON result to this file")
@@ -209,16 +217,35 @@ def cmd_eval(args) -> int:
 
 def cmd_vocab(args) -> int:
     from .data import load_corpus
-    if args.min_freq < 0:
-        raise UsageError("--min-freq must be 0 or more")
-    for name, allowed in (("clean", ("d2l", "lower", "none")), ("token", ("char", "word"))):
-        if getattr(args, name) not in allowed:
-            raise UsageError(f"--{name} must be one of {', '.join(allowed)}")
+    _check_corpus_settings(args)
     ids, vocab = load_corpus(args.corpus, args.clean, args.token, args.min_freq)
     print(f"# {len(ids):,} tokens, vocabulary of {len(vocab)} (with <unk>)")
     for i, tok in enumerate(vocab.idx_to_token):
         count = dict(vocab.token_freqs).get(tok, 0)
         print(f"{i}\t{json.dumps(tok, ensure_ascii=False)}\t{count}")
+    return 0
+
+
+def _check_corpus_settings(args) -> None:
+    if args.min_freq < 0:
+        raise UsageError("--min-freq must be 0 or more")
+    for name, allowed in (("clean", ("d2l", "lower", "none")), ("token", ("char", "word"))):
+        if getattr(args, name) not in allowed:
+            raise UsageError(f"--{name} must be one of {', '.join(allowed)}")
+
+
+def cmd_prepare(args) -> int:
+    import os
+    import time
+    from .encode import prepare
+    _check_corpus_settings(args)
+    start = time.perf_counter()
+    ids, vocab, path = prepare(args.corpus, args.clean, args.token, args.min_freq)
+    print(f"corpus      {args.corpus} ({os.path.getsize(args.corpus):,} bytes)")
+    print(f"tokens      {len(ids):,} ({args.token}, --clean {args.clean})")
+    print(f"vocabulary  {len(vocab):,} (with <unk>)")
+    print(f"cache       {path}")
+    print(f"time        {time.perf_counter() - start:.2f} s")
     return 0
 
 

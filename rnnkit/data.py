@@ -19,6 +19,7 @@ from .errors import RnnkitError
 from .text import Vocab, clean_lines, tokenize
 
 TIME_MACHINE_SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
+EXACT_SHUFFLE_LIMIT = 1 << 20  # subsequences up to which random sampling shuffles as the book
 
 
 def sha1_of(data: bytes) -> str:
@@ -150,10 +151,13 @@ def random_batches(corpus, batch_size: int, num_steps: int, rng: random.Random) 
     """
     offset = rng.randint(0, num_steps - 1)
     num_subseqs = (len(corpus) - offset - 1) // num_steps
-    starts = list(range(0, num_subseqs * num_steps, num_steps))
-    rng.shuffle(starts)
+    if num_subseqs <= EXACT_SHUFFLE_LIMIT:   # the book's shuffle, draw for draw
+        order = list(range(num_subseqs))
+        rng.shuffle(order)
+    else:  # a Python list of millions of ints costs gigabytes: shuffle in numpy instead
+        order = np.random.default_rng(rng.getrandbits(64)).permutation(num_subseqs)
     num_batches = num_subseqs // batch_size
-    starts = np.asarray(starts[: num_batches * batch_size], dtype=np.int64) + offset
+    starts = np.asarray(order[: num_batches * batch_size], dtype=np.int64) * num_steps + offset
     return Batches(corpus, starts.reshape(num_batches, batch_size), num_steps)
 
 

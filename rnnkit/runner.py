@@ -19,6 +19,7 @@ from .config import TrainConfig
 from .data import SAMPLERS, load_corpus, min_tokens_for_batch, split_corpus
 from .errors import Diverged, Interrupted, RnnkitError, UsageError
 from .generate import predict
+from .encode import prepare
 from .models import build_model
 from .train import (eval_rows, evaluate, make_optimizer, perplexity, scheduled_lr,
                     train_epoch)
@@ -119,7 +120,14 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, for
         saved_config, vocab = ckpt.load_config_and_vocab(out)
         config = TrainConfig.from_dict(
             {**saved_config.to_dict(), "epochs": resume_epochs or saved_config.epochs})
-    ids, vocab = load_corpus(config.corpus, config.clean, config.token, config.min_freq, vocab)
+    if config.corpus is None:     # the bundled book: small, the book's own pipeline
+        ids, vocab = load_corpus(None, config.clean, config.token, config.min_freq, vocab)
+    else:                         # any file: vectorised, cached, memory-mapped
+        ids, prepared, _ = prepare(config.corpus, config.clean, config.token, config.min_freq)
+        if vocab is not None and vocab.idx_to_token != prepared.idx_to_token:
+            raise RnnkitError(f"{config.corpus} changed since the run started (its vocabulary "
+                              "differs); restore the file or start a new run")
+        vocab = prepared
     train_ids, val_ids, test_ids = split_corpus(ids, config.val_fraction, config.max_tokens,
                                                 config.test_fraction)
     need = min_tokens_for_batch(config.batch_size, config.num_steps, config.sampling)
