@@ -1,17 +1,26 @@
 """rnnkit: the char-level RNN language model of *Dive into Deep Learning*, as real software.
 
 Data flows text → vocab → batches → model → loss → update → samples through the modules
-`text`, `data`, `models` (+ `bptt`), `train`, `generate`; `checkpoint`, `runner` and `cli`
-make runs of them, and `d2l` keeps the book's names.
+`text`, `data` (+ `encode` for large corpora), `models` (+ `bptt`), `train`, `generate`;
+`checkpoint`, `runner` and `cli` make runs of them, and `d2l` keeps the book's names.
+Names are imported on first use, so `rnnkit prepare` and `rnnkit vocab` start without torch.
 """
-from .config import TrainConfig
-from .data import load_corpus, random_batches, sequential_batches, split_corpus
-from .generate import generate_ids, predict
-from .models import RNNScratch, TorchRNN, build_model
-from .text import Vocab, clean_lines, tokenize
-from .train import clip_gradients, evaluate, perplexity, train_epoch
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["TrainConfig", "Vocab", "RNNScratch", "TorchRNN", "build_model", "clean_lines",
-           "tokenize", "load_corpus", "split_corpus", "random_batches", "sequential_batches",
-           "perplexity", "clip_gradients", "train_epoch", "evaluate", "predict", "generate_ids"]
+_EXPORTS = {
+    "TrainConfig": "config", "Vocab": "text", "clean_lines": "text", "tokenize": "text",
+    "load_corpus": "data", "split_corpus": "data", "random_batches": "data",
+    "sequential_batches": "data", "RNNScratch": "models", "GRUScratch": "models",
+    "LSTMScratch": "models", "TorchRNN": "models", "build_model": "models",
+    "perplexity": "train", "clip_gradients": "train", "train_epoch": "train",
+    "evaluate": "train", "predict": "generate", "generate_ids": "generate",
+    "prepare": "encode",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'rnnkit' has no attribute {name!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import traceback
 
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt(g, "--cell", help="rnn | gru | lstm")
     opt(g, "--impl", help="bptt | autograd | torch")
     opt(g, "--hidden", int, "hidden units, e.g. 512")
-    opt(g, "--precision", help="fp32 | bf16")
+    opt(g, "--precision", help="fp32 | bf16 | fp16 (fp16: CUDA, with a gradient scaler)")
     opt(g, "--layers", int, "stacked layers (--impl torch)")
     opt(g, "--dropout", float, "dropout, e.g. 0.25 (--impl torch)")
     opt(g, "--embed", int, "learned embedding size, 0 = one-hot (--impl torch)")
@@ -83,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt(g, "--prefix", help="prefix of the samples printed")
     opt(g, "--sample-every", int, "print a sample every N epochs, 0 = never")
     g.add_argument("--json", action="store_true", help="JSON lines on stdout, nothing else")
+    g.add_argument("--nproc", type=int, default=1,
+                   help="train with N processes on this machine (torchrun; default: 1)")
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("generate", help="print a prefix and what the model writes after it",
@@ -130,8 +133,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _launch(nproc: int, argv: list[str]) -> int:
+    """Re-run this command under torchrun with `nproc` processes on this machine."""
+    import subprocess
+    rest, skip = [], False
+    for a in argv:                       # drop --nproc N / --nproc=N
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                            f"--nproc_per_node={nproc}", "-m", "rnnkit", *rest], env=env)
+
+
 def cmd_train(args) -> int:
     import dataclasses
+    if args.nproc < 1:
+        raise UsageError("--nproc must be 1 or more")
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch(args.nproc, args.argv)
     from .config import PRESETS, TrainConfig
     from .perf import keep_freed_memory
     from .runner import train_run
@@ -235,7 +258,6 @@ def _check_corpus_settings(args) -> None:
 
 
 def cmd_prepare(args) -> int:
-    import os
     import time
     from .encode import prepare
     _check_corpus_settings(args)
@@ -259,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         args = build_parser().parse_args(argv)
+        args.argv = argv
         return args.func(args)
     except RnnkitError as e:
         if debug:
@@ -266,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rnnkit: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, UsageError) else 1
     except Interrupted as e:
+        if os.environ.get("RANK", "0") != "0":   # under torchrun, rank 0 speaks for all
+            return e.code
         print(f"rnnkit: error: training stopped at {e.where}; checkpoint saved — continue with "
               f"'rnnkit train --resume --out {e.out}'", file=sys.stderr)
         return e.code

@@ -22,7 +22,8 @@ class TrainConfig:
     cell: str = "rnn"              # rnn (the chapter) | gru | lstm (with --impl autograd/torch)
     impl: str = "bptt"             # bptt (hand-derived, fast) | autograd (the book's loop) | torch
     hidden: int = 512              # hidden units H
-    precision: str = "fp32"        # fp32 | bf16 (bf16 matmuls, fp32 state; --impl bptt only)
+    precision: str = "fp32"        # fp32 | bf16 (bptt: bf16 matmuls, fp32 state; else autocast)
+                                   # | fp16 (CUDA autocast with a gradient scaler)
     layers: int = 1                # stacked recurrent layers (--impl torch for more than 1)
     dropout: float = 0.0           # dropout between layers and before the output (--impl torch)
     embed: int = 0                 # learned embedding size; 0 = one-hot inputs as the book
@@ -42,7 +43,7 @@ class TrainConfig:
     sampling: str = "sequential"   # sequential (state carried) | random (state reset per batch)
     seed: int = 0                  # seeds initialisation and batch order
     # system and reporting
-    device: str = "cpu"            # cpu | cuda | cuda:N
+    device: str = "cpu"            # cpu | cuda | cuda:N | mps | auto (CUDA when present)
     prefix: str = "time traveller"  # prefix of the samples printed while training
     sample_every: int = 10         # print a sample every N epochs (0 = never)
 
@@ -50,7 +51,7 @@ class TrainConfig:
         """Raise RnnkitError naming the first setting that is out of range."""
         choices = {"clean": ("d2l", "lower", "none"), "token": ("char", "word"),
                    "cell": ("rnn", "gru", "lstm"), "impl": ("bptt", "autograd", "torch"),
-                   "precision": ("fp32", "bf16"), "sampling": ("sequential", "random"),
+                   "precision": ("fp32", "bf16", "fp16"), "sampling": ("sequential", "random"),
                    "optimizer": ("sgd", "adam", "adamw"),
                    "schedule": ("constant", "cosine", "plateau")}
         for name, allowed in choices.items():
@@ -84,8 +85,10 @@ class TrainConfig:
             raise RnnkitError("--hidden, --batch-size or --num-steps is absurdly large")
         if self.min_freq < 0 or self.sample_every < 0:
             raise RnnkitError("--min-freq and --sample-every must be 0 or more")
-        if self.precision == "bf16" and self.impl != "bptt":
-            raise RnnkitError("--precision bf16 needs --impl bptt")
+        if self.precision == "fp16" and not self.device.startswith("cuda"):
+            raise RnnkitError("--precision fp16 needs --device cuda (use bf16 on a CPU)")
+        if self.precision == "fp16" and self.impl == "bptt":
+            raise RnnkitError("--precision fp16 runs with --impl autograd or torch")
         if self.cell != "rnn" and self.impl == "bptt":
             raise RnnkitError(f"--cell {self.cell} runs with --impl autograd (from scratch) or "
                               "--impl torch; the bptt fast path is for --cell rnn")

@@ -111,7 +111,8 @@ def generate_with(step, prefix: list[int], num_preds: int, *, num_samples: int =
     """`generate_ids` over a step function ids (N,) → logits (N, V) that carries its own state."""
     if num_samples == 1 and (temperature < 1e-5 or top_k == 1) and hasattr(step, "greedy"):
         return torch.tensor([step.greedy(prefix, num_preds)], dtype=torch.long)
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    generator = (torch.Generator(device=device).manual_seed(seed) if seed is not None
+                 else None)
     ids = torch.full((num_samples,), prefix[0], dtype=torch.long, device=device)
     for tok in prefix[1:]:                                   # warm-up: update the state only
         step(ids)

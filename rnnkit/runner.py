@@ -19,9 +19,10 @@ from .config import TrainConfig
 from .data import SAMPLERS, load_corpus, min_tokens_for_batch, split_corpus
 from .errors import Diverged, Interrupted, RnnkitError, UsageError
 from .generate import predict
+from .distributed import Team
 from .encode import prepare
 from .models import build_model
-from .train import (eval_rows, evaluate, make_optimizer, perplexity, scheduled_lr,
+from .train import (Autocast, eval_rows, evaluate, make_optimizer, perplexity, scheduled_lr,
                     train_epoch)
 
 
@@ -36,8 +37,10 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and (not torch.cuda.is_available()
                                   or (device.index or 0) >= torch.cuda.device_count()):
         raise UsageError(f"--device {name} is not available on this machine; use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {name} is not supported; use cpu or cuda")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {name} is not available on this machine; use --device cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {name} is not supported; use cpu, cuda, mps or auto")
     return device
 
 
@@ -112,8 +115,23 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, for
     stdout = stdout or sys.stdout
     out = Path(out)
     config.validate()
-    device = resolve_device(config.device)
+    team = Team.from_env(resolve_device(config.device))
+    try:
+        return _train(config, out, team, resume=resume, force=force, json_lines=json_lines,
+                      checkpoint_every=checkpoint_every, resume_epochs=resume_epochs,
+                      stdout=stdout)
+    finally:
+        team.close()
+
+
+def _train(config: TrainConfig, out: Path, team: Team, *, resume: bool, force: bool,
+           json_lines: bool, checkpoint_every: float, resume_epochs: int | None, stdout) -> dict:
+    device = team.device
+    if config.batch_size % team.world:
+        raise UsageError(f"--batch-size {config.batch_size} does not split evenly over "
+                         f"{team.world} processes")
     check_out_dir(out, resume=resume, force=force)
+    team.barrier()  # every rank has looked before rank 0 writes
 
     vocab = None
     if resume:
@@ -141,6 +159,8 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, for
                           f"{config.num_steps} steps; raise --val-fraction or lower --num-steps")
 
     model = build_model(len(vocab), config).to(device)
+    net = team.wrap(model)                 # what trains: DDP averages gradients over ranks
+    amp = Autocast.for_config(config, device)
     optimizer = make_optimizer(model.parameters(), config.optimizer, config.lr,
                                config.weight_decay)
     torch.manual_seed(config.seed)  # dropout draws from the global generator (saved below)
@@ -160,26 +180,37 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, for
         sums = (float(info["loss_sum"]), int(info["tokens"]), float(info["seconds"]))
         n_state = sum(k.startswith("state.") for k in extra)
         carried = tuple(extra[f"state.{i}"].to(device) for i in range(n_state)) or None
+        carried = team.own_rows(carried, config.batch_size)
         metrics = list(info.get("metrics", []))[:start_epoch]
         prog.update({k: info[k] for k in prog if k in info})
         if "rng" in extra:
             torch.set_rng_state(extra["rng"])
-    else:
+    elif team.main:
         make_out_dir(out, force=force)
         ckpt.save_run_metadata(out, config, vocab)
-    (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    if team.main:
+        (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
 
     def save(epoch: int, batch: int, state, loss_sum: float, tokens: int, seconds: float):
+        # every rank calls this at the same batch; only rank 0 writes
+        if batch > 0:
+            state = team.gather_rows(state)
+            loss_sum, tokens = team.sum(loss_sum, tokens)
+        if not team.main:
+            return
         # the metrics so far travel with the weights, so a resumed run rewrites metrics.jsonl
         # exactly even if a crash cut its last line
-        info = {"epoch": epoch, "batch": batch, "loss_sum": loss_sum, "tokens": tokens,
+        info = {"epoch": epoch, "batch": batch, "loss_sum": loss_sum, "tokens": int(tokens),
                 "seconds": seconds, "metrics": metrics, **prog}
         tensors = {**_optimizer_tensors(optimizer), "rng": torch.get_rng_state()}
         if state is not None and batch > 0 and config.sampling == "sequential":
             tensors.update({f"state.{i}": s for i, s in enumerate(state)})
+        tokens = int(tokens)
         write_checkpoint(out / "model.safetensors", info, tensors)
 
     def write_checkpoint(path: Path, info: dict | None = None, tensors: dict | None = None):
+        if not team.main:
+            return
         try:
             ckpt.save_checkpoint(path, model, info, tensors)
         except OSError as e:
@@ -195,6 +226,8 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, for
         signal.signal(s, lambda signum, frame: stop.update(signum=signum))
 
     def emit(obj: dict, text: str | None = None):
+        if not team.main:
+            return
         if json_lines:
             print(json.dumps(obj), file=stdout, flush=True)
         elif text is not None:
@@ -206,7 +239,8 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, for
         return [predict(model, vocab, p, 50, token=config.token, device=device)
                 for p in prefixes]
 
-    bar = tqdm(total=config.epochs, initial=start_epoch, unit="epoch", disable=None,
+    bar = tqdm(total=config.epochs, initial=start_epoch, unit="epoch",
+               disable=None if team.main else True,
                file=sys.stderr, dynamic_ncols=True)
     last_save = time.monotonic()
 
@@ -223,6 +257,7 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, for
         for epoch in range(start_epoch, config.epochs):
             batches = SAMPLERS[config.sampling](train_ids, config.batch_size, config.num_steps,
                                                 epoch_rng(config.seed, epoch))
+            batches = batches.rows(team.rows(config.batch_size))
             first = start_batch if epoch == start_epoch else 0
             loss0, tokens0, seconds0 = sums if epoch == start_epoch else (0.0, 0, 0.0)
 
@@ -236,25 +271,28 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, for
                 prog["spent"] += now - tick
                 tick = now
                 set_lr(epoch + (first + i + 1) / max(len(batches), 1))
-                out_of_time = bool(config.time_budget) and prog["spent"] >= config.time_budget
-                pending = stop["signum"] is not None
-                if pending or time.monotonic() - last_save > checkpoint_every:
+                pending, out_of_time, due = team.agree(
+                    stop["signum"] is not None,
+                    bool(config.time_budget) and prog["spent"] >= config.time_budget,
+                    time.monotonic() - last_save > checkpoint_every)
+                if pending or due:
                     save(epoch, first + i + 1, state, loss0 + loss_sum, tokens0 + tokens, 0.0)
                     last_save = time.monotonic()
                 if pending:
-                    raise Interrupted(stop["signum"], f"epoch {epoch + 1}, batch {first + i + 1}",
+                    raise Interrupted(stop["signum"] or signal.SIGTERM, f"epoch {epoch + 1}, batch {first + i + 1}",
                                       str(out))
                 return out_of_time
 
             try:
                 loss_sum, tokens, seconds = train_epoch(
-                    model, batches.iter_from(first), optimizer, clip=config.clip,
+                    net, batches.iter_from(first), optimizer, clip=config.clip,
                     carry_state=config.sampling == "sequential", device=device,
-                    state=carried if first > 0 else None, on_batch=on_batch)
+                    state=carried if first > 0 else None, on_batch=on_batch, amp=amp)
             except Diverged as e:
                 raise Diverged(f"{e} of epoch {epoch + 1}; training stopped and the last good "
                                f"checkpoint is kept — lower --lr (now {config.lr}) or --clip "
                                f"(now {config.clip})") from None
+            loss_sum, tokens = team.sum(loss_sum, tokens)   # the reported perplexity is global
             loss_sum, tokens, seconds = loss0 + loss_sum, tokens0 + tokens, seconds0 + seconds
             record = {"epoch": epoch + 1, "train_ppl": perplexity(loss_sum, tokens),
                       "val_ppl": None, "tokens_per_s": tokens / max(seconds, 1e-9)}
@@ -273,20 +311,23 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, for
                 if config.schedule == "plateau":
                     prog["scale"] *= 0.5
             save(epoch + 1, 0, None, 0.0, 0, 0.0)
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            if team.main:
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
             last_save = time.monotonic()
             text = None
-            if config.sample_every and (epoch + 1) % config.sample_every == 0:
+            if team.main and config.sample_every and (epoch + 1) % config.sample_every == 0:
                 record = {**record, "sample": samples()[0]}
                 text = record["sample"]
-            if (epoch + 1) % 10 == 0 or epoch + 1 == config.epochs:
+            if team.main and ((epoch + 1) % 10 == 0 or epoch + 1 == config.epochs):
                 plot_perplexity(out / "perplexity.png", metrics)
             emit(record, text)
             bar.set_postfix(ppl=f"{record['train_ppl']:.2f}", refresh=False)
             bar.update(1)
-            if stop["signum"] is not None:
-                raise Interrupted(stop["signum"], f"the end of epoch {epoch + 1}", str(out))
+            (stopping,) = team.agree(stop["signum"] is not None)
+            if stopping:
+                raise Interrupted(stop["signum"] or signal.SIGTERM, f"the end of epoch {epoch + 1}",
+                                  str(out))
             if out_of_time or (config.patience and prog["bad"] >= config.patience):
                 break  # --time-budget spent or --patience exhausted: end as after a last epoch
     finally:
@@ -294,6 +335,8 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, for
         for s, h in handlers.items():
             signal.signal(s, h)
 
+    if not team.main:
+        return {}
     if metrics:
         plot_perplexity(out / "perplexity.png", metrics)
     final = metrics[-1] if metrics else {"train_ppl": None, "val_ppl": None, "tokens_per_s": 0.0}

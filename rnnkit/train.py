@@ -3,6 +3,7 @@ and evaluation on held-out ids. Everything a function uses is passed in.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Callable, Iterable
@@ -47,10 +48,28 @@ def sequence_loss(logits: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), Y.T.reshape(-1))
 
 
+class Autocast:
+    """Mixed precision for the autograd and torch paths: autocast to bf16 or fp16, with a
+    gradient scaler for fp16 (whose small range would flush gradients to zero)."""
+
+    def __init__(self, device_type: str = "cpu", dtype: torch.dtype | None = None):
+        self.device_type, self.dtype = device_type, dtype
+        self.scaler = torch.amp.GradScaler(device_type) if dtype == torch.float16 else None
+
+    @classmethod
+    def for_config(cls, config, device: torch.device) -> "Autocast":
+        if config.impl == "bptt" or config.precision == "fp32":
+            return cls(device.type)          # bptt casts its own matmuls
+        return cls(device.type, torch.bfloat16 if config.precision == "bf16" else torch.float16)
+
+    def context(self):
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
+
+
 def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer, *,
                 clip: float, carry_state: bool, device: torch.device | str = "cpu",
-                state: tuple | None = None, on_batch: Callable | None = None
-                ) -> tuple[float, int, float]:
+                state: tuple | None = None, on_batch: Callable | None = None,
+                amp: Autocast | None = None) -> tuple[float, int, float]:
     """One pass over `batches`; returns (summed loss, tokens, seconds).
 
     With sequential batches (`carry_state`), the state is initialised once per epoch and
@@ -63,19 +82,29 @@ def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Opti
     for i, (X, Y) in enumerate(batches):
         X, Y = X.to(device), Y.to(device)
         if state is None or not carry_state:
-            state = model.begin_state(X.shape[0], device)
+            state = getattr(model, "module", model).begin_state(X.shape[0], device)  # DDP too
         else:
             state = detach_state(state)
-        logits, state = model(X, state)                                 # (T, B, V)
-        loss = sequence_loss(logits, Y)
+        with amp.context() if amp else contextlib.nullcontext():
+            logits, state = model(X, state)                             # (T, B, V)
+            loss = sequence_loss(logits.float(), Y)
         value = float(loss.detach())
         if not math.isfinite(value):  # stop before the update, so the weights stay good
             raise Diverged(f"the loss became {value} at batch {i + 1}")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip > 0:
-            clip_gradients(model.parameters(), clip)
-        optimizer.step()
+        scaler = amp.scaler if amp else None
+        if scaler is None:
+            loss.backward()
+            if clip > 0:
+                clip_gradients(model.parameters(), clip)
+            optimizer.step()
+        else:  # fp16: scale the loss up, unscale before clipping, skip steps that overflowed
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            if clip > 0:
+                clip_gradients(model.parameters(), clip)
+            scaler.step(optimizer)
+            scaler.update()
         loss_sum += value * Y.numel()
         tokens += Y.numel()
         if on_batch is not None and on_batch(i, state, loss_sum, tokens):

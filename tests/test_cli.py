@@ -81,7 +81,8 @@ def test_other_corpora_with_clean_none(tmp_path, capsys):
 @pytest.mark.parametrize("cell,impl,extra", [
     ("rnn", "bptt", []), ("rnn", "bptt", ["--precision", "bf16"]), ("rnn", "autograd", []),
     ("rnn", "torch", []), ("gru", "autograd", []), ("gru", "torch", []),
-    ("lstm", "autograd", []), ("lstm", "torch", ["--sampling", "random"])])
+    ("lstm", "autograd", []), ("lstm", "torch", ["--sampling", "random"]),
+    ("gru", "torch", ["--precision", "bf16"])])
 def test_every_model_type_trains_and_generates(cell, impl, extra, tmp_path, capsys):
     out = tmp_path / "r"
     assert main(["train", *TINY, "--epochs", "1", "--cell", cell, "--impl", impl, *extra,

@@ -65,7 +65,7 @@ def test_the_cache_is_reused_and_keyed_by_content(tmp_path):
     path = tmp_path / "c.txt"
     path.write_text("hello world\n" * 100)
     ids, _, cached = encode.prepare(path)
-    assert isinstance(ids, np.memmap) and cached.exists()
+    assert isinstance(ids, np.memmap) and cached.exists() and not ids.flags.writeable
     mtime = cached.stat().st_mtime_ns
     assert encode.prepare(path)[2] == cached and cached.stat().st_mtime_ns == mtime
     path.write_text("other text\n" * 100)

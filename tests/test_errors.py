@@ -80,6 +80,8 @@ SETTING_ERRORS = [
     (["--clean", "strip"], "--clean must be one of"),
     (["--sampling", "shuffle"], "--sampling must be one of"),
     (["--precision", "fp8"], "--precision must be one of"),
+    (["--precision", "fp16"], "--precision fp16 needs --device cuda"),
+    (["--batch-size", "3", "--nproc", "0"], "--nproc must be 1 or more"),
     (["--device", "cuda"], "not available"),
     (["--device", "tpu"], "--device"),
     (["--batch-size", "many"], "invalid int value"),
