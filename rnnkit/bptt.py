@@ -6,9 +6,10 @@ input projection is a row lookup of W_xh (equal to the one-hot product) and the 
 projection one GEMM over all steps, both left to autograd. `models.RNNScratch(impl='autograd')`
 is the reference this is tested against.
 
-Two measured tricks (see benchmarks/bench.py): ATen's tanh costs ~5x its sigmoid on a (32, 512)
-block, so we run tanh(z) = 2·sigmoid(2z) − 1 and fold the affine parts into the GEMM; and MKL
-multiplies by a transposed contiguous matrix ~15% faster, so W_hhᵀ is made contiguous once.
+Measured tricks (see `rnnkit bench`): ATen's tanh costs ~5x its sigmoid on a (32, 512) block,
+so we run tanh(z) = 2·sigmoid(2z) − 1 with the affine parts folded into the GEMM; MKL multiplies
+by a transposed contiguous matrix ~15% faster, so W_hhᵀ is made contiguous once; and the hot
+loops write into preallocated buffers (`out=`), allocating nothing per step.
 """
 from __future__ import annotations
 
@@ -24,19 +25,24 @@ class RNNRecurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, A: torch.Tensor, h0: torch.Tensor, W_hh: torch.Tensor, bf16: bool):
-        # With S_t = sigmoid(2 Z_t) and U_t = S_t − ½ = H_t / 2:  2 Z_t = 2 A_t + 4 U_{t−1} W_hh.
-        T = A.shape[0]
+        # S_t = sigmoid(2 Z_t), so H_t = 2 S_t − 1 = tanh(Z_t) and, with U = S − ½ = H / 2,
+        # 2 Z_t = 2 A_t + 4 U_{t−1} W_hh: the affine parts fold into the GEMM's alpha.
+        T, B, n = A.shape
         dtype = torch.bfloat16 if bf16 else A.dtype
         W = W_hh.t().contiguous().to(dtype).t()                  # (H, H) view of W_hhᵀ
-        S = torch.mul(A, 2)                                      # (T, B, H) holds 2 A, then S
-        U = torch.mul(h0, 0.5).to(dtype)                         # (B, H) = H_{-1} / 2
+        U = torch.mul(h0, 0.5).to(dtype)                         # (B, H) H_{t-1} / 2
+        S = torch.mul(A, 2)                                      # (T, B, H) 2 A, then S
+        if bf16:
+            P = torch.empty(B, n, dtype=dtype, device=A.device)  # (B, H) U W_hh
         for t in range(T):
+            if t > 0:  # U = S − ½ is exact in fp32 and keeps bf16's precision near H = 0
+                torch.sub(S[t - 1], 0.5, out=U)                  # (B, H)
             if bf16:
-                S[t].add_(torch.mm(U, W), alpha=4)               # (B, H) 2 Z_t, fp32 sum
+                torch.mm(U, W, out=P)                            # (B, H) bf16 product
+                S[t].add_(P, alpha=4)                            # (B, H) 2 Z_t, fp32 sum
             else:
                 S[t].addmm_(U, W, alpha=4)                       # (B, H) 2 Z_t
             torch.sigmoid_(S[t])                                 # (B, H) S_t
-            U = torch.sub(S[t], 0.5).to(dtype)                   # (B, H) H_t / 2
         H = S.mul_(2).sub_(1)                                    # (T, B, H) = tanh(Z)
         ctx.save_for_backward(H, h0, W_hh)
         ctx.bf16 = bf16
@@ -51,9 +57,18 @@ class RNNRecurrence(torch.autograd.Function):
         dZ = torch.mul(H, H).neg_().add_(1)                      # (T, B, H) tanh', then dL/dZ
         dH = dH.contiguous()                                     # (T, B, H) from the outputs
         dZ[T - 1].mul_(dH[T - 1])
+        g = torch.empty(B, n, dtype=H.dtype, device=H.device)    # (B, H) dL/dH_t
+        if ctx.bf16:
+            Zb = torch.empty(B, n, dtype=dtype, device=H.device)
+            P = torch.empty(B, n, dtype=dtype, device=H.device)
         for t in range(T - 2, -1, -1):
             # dL/dH_t = dH_t (own output) + dZ_{t+1} W_hhᵀ (next step); dL/dZ_t = that · tanh'
-            g = torch.mm(dZ[t + 1].to(dtype), W_T).add_(dH[t])   # (B, H)
+            if ctx.bf16:
+                Zb.copy_(dZ[t + 1])
+                torch.mm(Zb, W_T, out=P)                         # (B, H) bf16
+                torch.add(dH[t], P, out=g)                       # (B, H) fp32
+            else:
+                torch.addmm(dH[t], dZ[t + 1], W_T, out=g)        # (B, H)
             dZ[t].mul_(g)                                        # (B, H)
         dh0 = dW = None
         if ctx.needs_input_grad[1]:
