@@ -6,6 +6,7 @@ import json
 import math
 import os
 import sys
+from pathlib import Path
 import traceback
 
 from .errors import Interrupted, RnnkitError, UsageError
@@ -259,15 +260,17 @@ def _check_corpus_settings(args) -> None:
 
 def cmd_prepare(args) -> int:
     import time
-    from .encode import prepare
+    from .encode import count_characters, prepare
     _check_corpus_settings(args)
     start = time.perf_counter()
     ids, vocab, path = prepare(args.corpus, args.clean, args.token, args.min_freq)
-    print(f"corpus      {args.corpus} ({os.path.getsize(args.corpus):,} bytes)")
+    seconds = time.perf_counter() - start
+    print(f"corpus      {args.corpus} ({os.path.getsize(args.corpus):,} bytes, "
+          f"{count_characters(Path(args.corpus)):,} characters)")
     print(f"tokens      {len(ids):,} ({args.token}, --clean {args.clean})")
     print(f"vocabulary  {len(vocab):,} (with <unk>)")
     print(f"cache       {path}")
-    print(f"time        {time.perf_counter() - start:.2f} s")
+    print(f"time        {seconds:.2f} s")
     return 0
 
 

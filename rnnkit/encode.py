@@ -194,6 +194,16 @@ def _open_ids(path: Path, dtype) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", shape=(size,))
 
 
+def count_characters(path: Path) -> int:
+    """Characters (code points) in a UTF-8 file: every byte that is not a continuation byte."""
+    n = 0
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            a = np.frombuffer(block, dtype=np.uint8)
+            n += a.size - int(np.count_nonzero((a & 0xC0) == 0x80))
+    return n
+
+
 def file_sha1(path: Path) -> str:
     h = hashlib.sha1()
     with open(path, "rb") as f:

@@ -79,3 +79,27 @@ def test_bad_files_are_refused(tmp_path):
     for name, message in (("missing", "not found"), ("bin", "binary"), ("latin", "UTF-8")):
         with pytest.raises(RnnkitError, match=message):
             encode.prepare(tmp_path / name)
+
+
+def test_prepare_command_prints_statistics(tmp_path, capsys):
+    from rnnkit.cli import main
+    path = tmp_path / "c.txt"
+    path.write_text("Zeit für Äpfel 时间\n" * 10, encoding="utf-8")
+    assert main(["prepare", "--corpus", str(path), "--clean", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "180 characters" in out and "tokens      180" in out and "cache" in out
+    assert encode.count_characters(path) == len(path.read_text(encoding="utf-8"))
+
+
+def test_batches_from_the_memory_map_equal_batches_from_the_list(tmp_path):
+    import random
+    from rnnkit.data import random_batches, sequential_batches
+    path = tmp_path / "tm.txt"
+    path.write_text(time_machine_text(), encoding="utf-8")
+    mapped, _, _ = encode.prepare(path)
+    listed, _ = load_corpus(path)
+    for sampler in (random_batches, sequential_batches):
+        a = list(sampler(mapped, 32, 35, random.Random(5)))
+        b = list(sampler(listed.tolist(), 32, 35, random.Random(5)))
+        assert len(a) == len(b) > 100
+        assert all(np.array_equal(x, y) and np.array_equal(u, v) for (x, u), (y, v) in zip(a, b))
