@@ -13,7 +13,6 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import d2l
@@ -21,87 +20,43 @@ from .data import load_corpus, sequential_batches, split_corpus
 from .generate import generate_ids
 from .models import RNNScratch
 from .perf import keep_freed_memory
-from .train import clip_gradients, perplexity, sequence_loss, train_epoch
+from .train import perplexity, train_epoch
 
 V, H, B, T = 28, 512, 32, 35
 FLOP_PER_TOKEN = 6 * (H * H + 2 * V * H)   # forward 2(VH + HH + HV), backward twice that
 
 
-def book_predict_ch8(prefix, num_preds, net, vocab, device):
-    """The book's predict_ch8, verbatim (autograd on, one tensor per step)."""
-    state = net.begin_state(batch_size=1, device=device)
-    outputs = [vocab[prefix[0]]]
-    get_input = lambda: torch.tensor([outputs[-1]], device=device).reshape((1, 1))  # noqa: E731
-    for y in prefix[1:]:
-        _, state = net(get_input(), state)
-        outputs.append(vocab[y])
-    for _ in range(num_preds):
-        y, state = net(get_input(), state)
-        outputs.append(int(y.argmax(dim=1).reshape(1)))
-    return "".join([vocab.idx_to_token[i] for i in outputs])
-
-
-def _book_step(net, updater):
-    """One batch of the book's train_epoch_ch8 (sequential: state detached between batches)."""
-    def step(X, Y, state):
-        state = net.begin_state(batch_size=X.shape[0], device="cpu") if state is None else state
-        if isinstance(state, tuple):
-            for s in state:
-                s.detach_()
-        else:
-            state.detach_()
-        y_hat, state = net(X, state)
-        loss = nn.CrossEntropyLoss()(y_hat, Y.T.reshape(-1).long()).mean()
-        if isinstance(updater, torch.optim.Optimizer):
-            updater.zero_grad()
-            loss.backward()
-            d2l.grad_clipping(net, 1)
-            updater.step()
-        else:
-            loss.backward()
-            d2l.grad_clipping(net, 1)
-            updater(batch_size=1)
-        return state
-    return step
-
-
-def _rnnkit_step(model, optimizer):
-    def step(X, Y, state):
-        state = model.begin_state(X.shape[0]) if state is None else tuple(s.detach() for s in state)
-        logits, state = model(X, state)
-        loss = sequence_loss(logits, Y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        clip_gradients(model.parameters(), 1.0)
-        optimizer.step()
-        return state
-    return step
-
-
 def contenders() -> dict:
+    """name → a function that trains one epoch over a list of (X, Y) batches."""
     torch.manual_seed(0)
     book = d2l.RNNModelScratch(V, H, "cpu", d2l.get_params, d2l.init_rnn_state, d2l.rnn)
     concise = d2l.RNNModel(nn.RNN(V, H), V)
+    concise_sgd = torch.optim.SGD(concise.parameters(), lr=1)
+    loss = nn.CrossEntropyLoss()
     fast = {p: RNNScratch(V, H, impl="bptt", precision=p,
                           generator=torch.Generator().manual_seed(0)) for p in ("fp32", "bf16")}
+    sgd = {p: torch.optim.SGD(m.parameters(), lr=1) for p, m in fast.items()}
     return {
-        "book loop": _book_step(book, lambda batch_size: d2l.sgd(book.params, 1, batch_size)),
-        "torch.nn.RNN": _book_step(concise, torch.optim.SGD(concise.parameters(), lr=1)),
-        "bptt fp32": _rnnkit_step(fast["fp32"], torch.optim.SGD(fast["fp32"].parameters(), 1)),
-        "bptt bf16": _rnnkit_step(fast["bf16"], torch.optim.SGD(fast["bf16"].parameters(), 1)),
+        "book loop": lambda batches: d2l.train_epoch_ch8(
+            book, batches, loss, lambda batch_size: d2l.sgd(book.params, 1, batch_size),
+            "cpu", False),
+        "torch.nn.RNN": lambda batches: d2l.train_epoch_ch8(
+            concise, batches, loss, concise_sgd, "cpu", False),
+        **{f"bptt {p}": (lambda batches, p=p: train_epoch(fast[p], batches, sgd[p], clip=1,
+                                                          carry_state=True))
+           for p in fast},
     }
 
 
-def training_speed(steps: dict, batches: list, rounds: int) -> dict[str, float]:
-    """Median tokens/s of each step function over `rounds` interleaved passes over `batches`."""
-    speeds = {name: [] for name in steps}
-    for name, step in steps.items():                          # warm-up
-        step(*batches[0], None)
+def training_speed(epochs: dict, batches: list, rounds: int) -> dict[str, float]:
+    """Median tokens/s of each contender over `rounds` interleaved passes over `batches`."""
+    speeds = {name: [] for name in epochs}
+    for run in epochs.values():                              # warm-up
+        run(batches[:1])
     for _ in range(rounds):
-        for name, step in steps.items():
-            state, start = None, time.perf_counter()
-            for X, Y in batches:
-                state = step(X, Y, state)
+        for name, run in epochs.items():
+            start = time.perf_counter()
+            run(batches)
             speeds[name].append(len(batches) * B * T / (time.perf_counter() - start))
     return {name: statistics.median(v) for name, v in speeds.items()}
 
@@ -131,7 +86,7 @@ def generation_speed(quick: bool) -> dict[str, float]:
     prefix = "time traveller"
     out = {}
     for name, fn in (
-            ("book predict_ch8", lambda: book_predict_ch8(prefix, n, net, vocab, "cpu")),
+            ("book predict_ch8", lambda: d2l.predict_ch8_loop(prefix, n, net, vocab, "cpu")),
             ("fast, 1 stream", lambda: generate_ids(model, vocab[list(prefix)], n)),
             ("fast, 64 streams", lambda: generate_ids(model, vocab[list(prefix)], n // 4,
                                                       num_samples=64, temperature=1.0, seed=0))):
@@ -143,7 +98,7 @@ def generation_speed(quick: bool) -> dict[str, float]:
             times.append(time.perf_counter() - start)
         chars = n if "64" not in name else 64 * (n // 4)
         out[name] = chars / statistics.median(times)
-    assert book_predict_ch8(prefix, 100, net, vocab, "cpu") == \
+    assert d2l.predict_ch8_loop(prefix, 100, net, vocab, "cpu") == \
         d2l.predict_ch8(prefix, 100, net, vocab, "cpu")           # same text, faster
     return out
 

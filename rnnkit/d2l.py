@@ -163,27 +163,33 @@ def _fast_stepper(net, device):
     return None
 
 
+def predict_ch8_loop(prefix, num_preds, net, vocab, device):
+    """The book's predict_ch8 loop, verbatim: one forward call and one new tensor per step."""
+    state = net.begin_state(batch_size=1, device=device)
+    outputs = [vocab[prefix[0]]]
+
+    def get_input():
+        return torch.tensor([outputs[-1]], device=device).reshape((1, 1))
+
+    for y in prefix[1:]:  # warm-up
+        _, state = net(get_input(), state)
+        outputs.append(vocab[y])
+    for _ in range(num_preds):
+        y, state = net(get_input(), state)
+        outputs.append(int(y.argmax(dim=1).reshape(1)))
+    return "".join([vocab.idx_to_token[i] for i in outputs])
+
+
 def predict_ch8(prefix, num_preds, net, vocab, device):
-    """Warm up on `prefix`, then append `num_preds` greedy characters."""
+    """Warm up on `prefix`, then append `num_preds` greedy characters (same text as the book's
+    loop; rnnkit's inference path where it recognises the net, else the loop without autograd)."""
     step = _fast_stepper(net, device)
     if step is not None:
         ids = [vocab[c] for c in prefix]
         new = _generate.generate_with(step, ids, num_preds)[0].tolist()
         return "".join([vocab.idx_to_token[i] for i in ids + new])
     with torch.no_grad():
-        state = net.begin_state(batch_size=1, device=device)
-        outputs = [vocab[prefix[0]]]
-
-        def get_input():
-            return torch.tensor([outputs[-1]], device=device).reshape((1, 1))
-
-        for y in prefix[1:]:  # warm-up
-            _, state = net(get_input(), state)
-            outputs.append(vocab[y])
-        for _ in range(num_preds):
-            y, state = net(get_input(), state)
-            outputs.append(int(y.argmax(dim=1).reshape(1)))
-    return "".join([vocab.idx_to_token[i] for i in outputs])
+        return predict_ch8_loop(prefix, num_preds, net, vocab, device)
 
 
 # ---- training (rnnkit.train) -------------------------------------------------------------

@@ -39,6 +39,7 @@ def test_fast_path_equals_the_books_loop():
     fast = d2l.predict_ch8("time traveller", 60, net, vocab, "cpu")
     net.forward_fn = lambda X, s, p: d2l.rnn(X, s, p)     # not recognised: the book's loop
     assert d2l.predict_ch8("time traveller", 60, net, vocab, "cpu") == fast
+    assert d2l.predict_ch8_loop("time traveller", 60, net, vocab, "cpu") == fast  # autograd on
     assert predict(m, vocab, "time traveller", 60) == fast
     slow = generate_with(_ModelStepper(m, 1, "cpu"), vocab[list("time traveller")], 60)
     assert "time traveller" + "".join(vocab.to_tokens(slow[0].tolist())) == fast

@@ -1,0 +1,15 @@
+import json
+
+from rnnkit.cli import main
+
+
+def test_quick_benchmark_prints_a_table_and_json(capsys, tmp_path):
+    assert main(["bench", "--quick", "--json-out", str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert "book loop" in out and "bptt bf16" in out and "64 streams" in out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result == json.loads((tmp_path / "b.json").read_text())
+    assert result["train_ratio_vs_book"]["book loop"] == 1.0
+    assert set(result["generate_chars_per_s"]) == {"book predict_ch8", "fast, 1 stream",
+                                                   "fast, 64 streams"}
+    assert all(v > 0 for v in result["train_tokens_per_s"].values())
