@@ -4,7 +4,6 @@ samples, metrics.jsonl, perplexity.png, atomic checkpoints, resume and clean sto
 from __future__ import annotations
 
 import json
-import math
 import random
 import signal
 import sys

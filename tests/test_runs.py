@@ -1,7 +1,6 @@
 """Beyond the chapter: optimizers, schedules, time budgets, early stopping, presets, splits."""
 import json
 import signal
-from pathlib import Path
 
 import pytest
 import torch
