@@ -18,7 +18,7 @@ from torch import nn
 from . import d2l
 from .data import load_corpus, sequential_batches, split_corpus
 from .generate import generate_ids
-from .models import RNNScratch
+from .models import GRUScratch, LSTMScratch, RNNScratch, TorchRNN
 from .perf import keep_freed_memory
 from .train import perplexity, train_epoch
 
@@ -46,6 +46,20 @@ def contenders() -> dict:
                                                           carry_state=True))
            for p in fast},
     }
+
+
+def gated_contenders() -> dict:
+    """GRU and LSTM: the autograd loops, the hand-derived BPTT, and torch's own layers."""
+    out = {}
+    for cell, cls in (("GRU", GRUScratch), ("LSTM", LSTMScratch)):
+        models = {"autograd": cls(V, H, generator=torch.Generator().manual_seed(0)),
+                  "bptt": cls(V, H, impl="bptt", generator=torch.Generator().manual_seed(0)),
+                  f"nn.{cell}": TorchRNN(V, H, cell=cell.lower())}
+        for name, m in models.items():
+            opt = torch.optim.SGD(m.parameters(), lr=1)
+            out[f"{cell} {name}"] = (lambda batches, m=m, opt=opt: train_epoch(
+                m, batches, opt, clip=1, carry_state=True))
+    return out
 
 
 def training_speed(epochs: dict, batches: list, rounds: int) -> dict[str, float]:
@@ -128,6 +142,7 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
     rounds = 3 if quick else 9
     threads = torch.get_num_threads()
     speeds = training_speed(contenders(), batches[: 4 if quick else 8], rounds)
+    gated = training_speed(gated_contenders(), batches[:2 if quick else 4], 2 if quick else 5)
     gemm = {"fp32 2048^3": gemm_gflops(2048), "fp32 32x512x512": gemm_gflops(512, m=32),
             "bf16 2048^3": gemm_gflops(2048, torch.bfloat16)}
     torch.set_num_threads(1)
@@ -146,6 +161,9 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
         print(f"{name:32s} {v:10,.0f} {v / base:7.2f} {v / speeds['torch.nn.RNN']:8.2f} "
               f"{v * FLOP_PER_TOKEN / 1e9:8.1f}")
     print(f"{'bptt fp32, 1 thread':32s} {one_thread:10,.0f} {one_thread / base:7.2f}")
+    print(f"{'gated cells (fp32, H=512)':32s} {'tokens/s':>10s} {'x autograd':>10s}")
+    for name, v in gated.items():
+        print(f"{name:32s} {v:10,.0f} {v / gated[name.split()[0] + ' autograd']:10.2f}")
     for name, v in gemm.items():
         print(f"GEMM {name:27s} {v:10.1f} GFLOP/s")
     gbase = gen["book predict_ch8"]
@@ -160,7 +178,7 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
               "quick": quick, "train_tokens_per_s": speeds,
               "train_ratio_vs_book": {k: v / base for k, v in speeds.items()},
               "train_ratio_vs_nn_rnn": {k: v / speeds["torch.nn.RNN"] for k, v in speeds.items()},
-              "bptt_fp32_one_thread": one_thread,
+              "bptt_fp32_one_thread": one_thread, "gated_tokens_per_s": gated,
               "achieved_gflops": {k: v * FLOP_PER_TOKEN / 1e9 for k, v in speeds.items()},
               "gemm_gflops": gemm, "generate_chars_per_s": gen,
               "generate_ratio_vs_book": {k: v / gbase for k, v in gen.items()},

@@ -19,7 +19,7 @@ class TrainConfig:
     val_fraction: float = 0.1      # fraction held out for validation (before the test slice)
     test_fraction: float = 0.0     # last fraction of the corpus, held out for testing
     # model
-    cell: str = "rnn"              # rnn (the chapter) | gru | lstm (with --impl autograd/torch)
+    cell: str = "rnn"              # rnn (the chapter) | gru | lstm
     impl: str = "bptt"             # bptt (hand-derived, fast) | autograd (the book's loop) | torch
     hidden: int = 512              # hidden units H
     precision: str = "fp32"        # fp32 | bf16 (bptt: bf16 matmuls, fp32 state; else autocast)
@@ -89,9 +89,9 @@ class TrainConfig:
             raise RnnkitError("--precision fp16 needs --device cuda (use bf16 on a CPU)")
         if self.precision == "fp16" and self.impl == "bptt":
             raise RnnkitError("--precision fp16 runs with --impl autograd or torch")
-        if self.cell != "rnn" and self.impl == "bptt":
-            raise RnnkitError(f"--cell {self.cell} runs with --impl autograd (from scratch) or "
-                              "--impl torch; the bptt fast path is for --cell rnn")
+        if self.cell != "rnn" and self.impl == "bptt" and self.precision == "bf16":
+            raise RnnkitError("--precision bf16 with --impl bptt is for --cell rnn; use "
+                              "--impl torch for bf16 gated cells")
         return self
 
     def to_dict(self) -> dict:

@@ -66,10 +66,12 @@ class GRUScratch(nn.Module):
         H_t = (1 − Z_t) ⊙ N_t + Z_t ⊙ H_{t-1},   O_t = H_t W_hq + b_q
     """
 
-    def __init__(self, vocab_size: int, num_hiddens: int, *,
+    def __init__(self, vocab_size: int, num_hiddens: int, *, impl: str = "autograd",
                  generator: torch.Generator | None = None):
         super().__init__()
-        self.vocab_size, self.num_hiddens = vocab_size, num_hiddens
+        if impl not in ("autograd", "bptt"):
+            raise ValueError(f"impl must be 'autograd' or 'bptt', not {impl!r}")
+        self.vocab_size, self.num_hiddens, self.impl = vocab_size, num_hiddens, impl
         V, H = vocab_size, num_hiddens
         for gate in ("r", "z", "n"):
             self.register_parameter(f"W_x{gate}", _normal((V, H), generator))
@@ -83,6 +85,8 @@ class GRUScratch(nn.Module):
         return (torch.zeros(batch_size, self.num_hiddens, device=device or self.W_hq.device),)
 
     def forward(self, X: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
+        if self.impl == "bptt":  # the hand-derived fast path, tested against the loop below
+            return bptt.gru_forward(X, state, self)
         inputs = F.one_hot(X.T, self.vocab_size).to(self.W_hq.dtype)    # (T, B, V)
         H, = state                                                       # (B, H)
         outputs = []
@@ -103,10 +107,12 @@ class LSTMScratch(nn.Module):
         C_t = F_t ⊙ C_{t-1} + I_t ⊙ G_t,   H_t = O_t ⊙ tanh(C_t),   Y_t = H_t W_hq + b_q
     """
 
-    def __init__(self, vocab_size: int, num_hiddens: int, *,
+    def __init__(self, vocab_size: int, num_hiddens: int, *, impl: str = "autograd",
                  generator: torch.Generator | None = None):
         super().__init__()
-        self.vocab_size, self.num_hiddens = vocab_size, num_hiddens
+        if impl not in ("autograd", "bptt"):
+            raise ValueError(f"impl must be 'autograd' or 'bptt', not {impl!r}")
+        self.vocab_size, self.num_hiddens, self.impl = vocab_size, num_hiddens, impl
         V, H = vocab_size, num_hiddens
         for gate in ("i", "f", "c", "o"):
             self.register_parameter(f"W_x{gate}", _normal((V, H), generator))
@@ -121,6 +127,8 @@ class LSTMScratch(nn.Module):
                 torch.zeros(batch_size, self.num_hiddens, device=device))
 
     def forward(self, X: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
+        if self.impl == "bptt":  # the hand-derived fast path, tested against the loop below
+            return bptt.lstm_forward(X, state, self)
         inputs = F.one_hot(X.T, self.vocab_size).to(self.W_hq.dtype)    # (T, B, V)
         H, C = state                                                     # (B, H) each
         outputs = []
@@ -179,9 +187,9 @@ def build_model(vocab_size: int, config) -> nn.Module:
                             num_layers=config.layers, dropout=config.dropout,
                             embed=config.embed, tie=config.tie)
     if config.cell == "gru":
-        return GRUScratch(vocab_size, config.hidden, generator=generator)
+        return GRUScratch(vocab_size, config.hidden, impl=config.impl, generator=generator)
     if config.cell == "lstm":
-        return LSTMScratch(vocab_size, config.hidden, generator=generator)
+        return LSTMScratch(vocab_size, config.hidden, impl=config.impl, generator=generator)
     # bptt runs its own bf16 matmuls; the other paths get precision from autocast (train.py)
     precision = config.precision if config.impl == "bptt" else "fp32"
     return RNNScratch(vocab_size, config.hidden, impl=config.impl, precision=precision,

@@ -82,7 +82,7 @@ def test_other_corpora_with_clean_none(tmp_path, capsys):
     ("rnn", "bptt", []), ("rnn", "bptt", ["--precision", "bf16"]), ("rnn", "autograd", []),
     ("rnn", "torch", []), ("gru", "autograd", []), ("gru", "torch", []),
     ("lstm", "autograd", []), ("lstm", "torch", ["--sampling", "random"]),
-    ("gru", "torch", ["--precision", "bf16"])])
+    ("gru", "torch", ["--precision", "bf16"]), ("gru", "bptt", []), ("lstm", "bptt", [])])
 def test_every_model_type_trains_and_generates(cell, impl, extra, tmp_path, capsys):
     out = tmp_path / "r"
     assert main(["train", *TINY, "--epochs", "1", "--cell", cell, "--impl", impl, *extra,
