@@ -116,9 +116,14 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, for
     config.validate()
     team = Team.from_env(resolve_device(config.device))
     try:
-        return _train(config, out, team, resume=resume, force=force, json_lines=json_lines,
-                      checkpoint_every=checkpoint_every, resume_epochs=resume_epochs,
-                      stdout=stdout)
+        summary = _train(config, out, team, resume=resume, force=force, json_lines=json_lines,
+                         checkpoint_every=checkpoint_every, resume_epochs=resume_epochs,
+                         stdout=stdout)
+        team.barrier()  # rank 0 writes the summary last: leave together, not mid-shutdown
+        return summary
+    except Interrupted:
+        team.barrier()  # every rank stopped at the same batch (they agreed on it)
+        raise
     finally:
         team.close()
 
