@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .encode import read_corpus_checks
 from .errors import RnnkitError
 from .text import Vocab, clean_lines, tokenize
 
@@ -37,16 +38,8 @@ def time_machine_text() -> str:
 def read_corpus(path: str | os.PathLike) -> str:
     """Read a UTF-8 text file, refusing missing, empty, binary or mis-encoded files clearly."""
     p = Path(path)
-    if not p.exists():
-        raise RnnkitError(f"corpus not found: {p}; pass --corpus with an existing text file")
-    if p.is_dir():
-        raise RnnkitError(f"corpus {p} is a directory; pass a UTF-8 text file")
-    try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise RnnkitError(f"cannot read corpus {p}: {e.strerror}; check its permissions") from None
-    if not raw:
-        raise RnnkitError(f"corpus {p} is empty; pass a file with text in it")
+    read_corpus_checks(p)  # missing, directory, unreadable, empty, binary head
+    raw = p.read_bytes()
     nul = raw.find(b"\0")
     if nul >= 0:
         raise RnnkitError(f"corpus {p} looks binary (NUL byte at offset {nul}); pass a text file")

@@ -16,6 +16,12 @@ IMPLS = ("bptt", "autograd", "torch")
 PRECISIONS = ("fp32", "bf16")
 
 
+def _impl(impl: str) -> str:
+    if impl not in ("autograd", "bptt"):
+        raise ValueError(f"a scratch model's impl is 'autograd' or 'bptt', not {impl!r}")
+    return impl
+
+
 def _normal(shape: tuple[int, ...], generator: torch.Generator | None) -> nn.Parameter:
     return nn.Parameter(torch.randn(shape, generator=generator) * 0.01)
 
@@ -30,10 +36,8 @@ class RNNScratch(nn.Module):
     def __init__(self, vocab_size: int, num_hiddens: int, *, impl: str = "autograd",
                  precision: str = "fp32", generator: torch.Generator | None = None):
         super().__init__()
-        if impl not in ("autograd", "bptt"):
-            raise ValueError(f"RNNScratch impl must be 'autograd' or 'bptt', not {impl!r}")
         self.vocab_size, self.num_hiddens = vocab_size, num_hiddens
-        self.impl, self.precision = impl, precision
+        self.impl, self.precision = _impl(impl), precision
         V, H = vocab_size, num_hiddens
         self.W_xh = _normal((V, H), generator)
         self.W_hh = _normal((H, H), generator)
@@ -69,9 +73,7 @@ class GRUScratch(nn.Module):
     def __init__(self, vocab_size: int, num_hiddens: int, *, impl: str = "autograd",
                  generator: torch.Generator | None = None):
         super().__init__()
-        if impl not in ("autograd", "bptt"):
-            raise ValueError(f"impl must be 'autograd' or 'bptt', not {impl!r}")
-        self.vocab_size, self.num_hiddens, self.impl = vocab_size, num_hiddens, impl
+        self.vocab_size, self.num_hiddens, self.impl = vocab_size, num_hiddens, _impl(impl)
         V, H = vocab_size, num_hiddens
         for gate in ("r", "z", "n"):
             self.register_parameter(f"W_x{gate}", _normal((V, H), generator))
@@ -110,9 +112,7 @@ class LSTMScratch(nn.Module):
     def __init__(self, vocab_size: int, num_hiddens: int, *, impl: str = "autograd",
                  generator: torch.Generator | None = None):
         super().__init__()
-        if impl not in ("autograd", "bptt"):
-            raise ValueError(f"impl must be 'autograd' or 'bptt', not {impl!r}")
-        self.vocab_size, self.num_hiddens, self.impl = vocab_size, num_hiddens, impl
+        self.vocab_size, self.num_hiddens, self.impl = vocab_size, num_hiddens, _impl(impl)
         V, H = vocab_size, num_hiddens
         for gate in ("i", "f", "c", "o"):
             self.register_parameter(f"W_x{gate}", _normal((V, H), generator))
