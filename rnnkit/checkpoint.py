@@ -3,16 +3,17 @@
     RUN/config.json        TrainConfig (JSON, validated on load)
     RUN/vocab.json         Vocab (JSON, validated on load)
     RUN/model.safetensors  weights of the last checkpoint, plus (as `trainer.*` tensors and JSON
-                           metadata) where training stands: epoch, batch, sums, carried state
-                           and optimizer buffers, so weights and resume data never disagree
+                           metadata) where training stands: see `run/state.py`
+    RUN/best.safetensors   weights of the epoch with the best validation perplexity
 Every file is written atomically (temporary file, fsync, rename), so a crash leaves the
-previous checkpoint whole. Nothing here unpickles anything.
+previous checkpoint whole. Every file is checked to be a regular file of a bounded size, and a
+checkpoint's tensor shapes are checked against the config before anything is allocated.
+Nothing here unpickles anything.
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -23,35 +24,22 @@ from torch import nn
 
 from .config import TrainConfig
 from .errors import RnnkitError
-from .models import build_model
+from .files import atomic_write, check_regular_file, read_bounded
+from .models import build_model, check_size
 from .text import Vocab
 
 RUN_FILES = ("config.json", "vocab.json", "model.safetensors")
 OUTPUT_FILES = RUN_FILES + ("metrics.jsonl", "perplexity.png", "best.safetensors")
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that a reader sees the old file or the new, never a mix."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+WEIGHTS = {"best": "best.safetensors", "last": "model.safetensors"}
+MAX_JSON_BYTES = 64 << 20        # config.json, vocab.json (a vocabulary of a million words fits)
+MAX_HEADER_BYTES = 100 << 20     # a safetensors header: names, shapes, offsets and metadata
 
 
 def _json_bytes(obj) -> bytes:
-    return (json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+    try:
+        return (json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+    except UnicodeEncodeError:  # e.g. a corpus path that is not UTF-8: escape, still round-trips
+        return (json.dumps(obj, indent=1) + "\n").encode("ascii")
 
 
 def save_run_metadata(run_dir: Path, config: TrainConfig, vocab: Vocab) -> None:
@@ -62,11 +50,23 @@ def save_run_metadata(run_dir: Path, config: TrainConfig, vocab: Vocab) -> None:
 
 def save_checkpoint(path: Path, model: nn.Module, trainer: dict | None = None,
                     trainer_tensors: dict[str, torch.Tensor] | None = None) -> None:
-    """Weights (and optionally resume data) in one safetensors file, written atomically."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    """Weights (and optionally resume data) in one safetensors file, written atomically.
+
+    A tensor the model uses under two names (tied embedding and output weights) is stored once;
+    the metadata names its aliases, and loading into a model built tied re-ties it."""
+    tensors, aliases, seen = {}, {}, {}
+    for name, value in model.state_dict().items():
+        key = (value.data_ptr(), tuple(value.shape), value.dtype)
+        if key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        tensors[name] = value.detach().cpu().contiguous()
     tensors.update({f"trainer.{k}": v.detach().cpu().contiguous()
                     for k, v in (trainer_tensors or {}).items()})
     metadata = {"format": "rnnkit-weights"}
+    if aliases:
+        metadata["aliases"] = json.dumps(aliases)
     if trainer is not None:
         metadata["trainer"] = json.dumps(trainer)
     atomic_write(path, st_save(tensors, metadata=metadata))
@@ -74,33 +74,64 @@ def save_checkpoint(path: Path, model: nn.Module, trainer: dict | None = None,
 
 def _read_json(path: Path, what: str) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_bounded(path, MAX_JSON_BYTES, what).decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RnnkitError(f"{path} is unreadable or corrupted ({e}); the {what} cannot be "
                           "loaded") from None
 
 
-def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict | None,
-                                         dict[str, torch.Tensor]]:
+def read_header(path: Path) -> tuple[dict, dict]:
+    """({tensor name: (shape, dtype string)}, metadata) from a safetensors file's header,
+    reading only the header, and refusing a file whose size does not match it."""
+    size = check_regular_file(path, "checkpoint").st_size
+    bad = f"{path} is not a valid safetensors file"
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if size < 8 or not 2 <= n <= min(MAX_HEADER_BYTES, size - 8):
+            raise RnnkitError(f"{bad} (its header does not fit the file); it may be truncated "
+                              "or corrupted")
+        try:
+            header = json.loads(f.read(n))
+            metadata = header.pop("__metadata__", None) or {}
+            shapes = {k: (tuple(v["shape"]), v["dtype"]) for k, v in header.items()}
+            end = max([v["data_offsets"][1] for v in header.values()], default=0)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise RnnkitError(f"{bad} (unreadable header); it may be corrupted") from None
+    if 8 + n + end != size:
+        raise RnnkitError(f"{bad} ({size:,} bytes where its header describes {8 + n + end:,}); "
+                          "it may be truncated or corrupted")
+    return shapes, metadata
+
+
+def read_checkpoint(path: Path, expected: dict | None = None
+                    ) -> tuple[dict[str, torch.Tensor], dict | None, dict[str, torch.Tensor]]:
     """(weights, trainer info or None, trainer tensors) of a checkpoint, with a clear error for
-    a missing, truncated or foreign file."""
+    a missing, truncated or foreign file. With `expected` ({name: shape}), the weights' shapes
+    are checked from the header before the file's data is read."""
+    shapes, metadata = read_header(path)
     try:
-        data = path.read_bytes()
-        tensors = st_load(data)
-        header_len = int.from_bytes(data[:8], "little")
-        metadata = json.loads(data[8:8 + header_len]).get("__metadata__") or {}
-    except FileNotFoundError:
-        raise RnnkitError(f"{path} is missing") from None
+        aliases = json.loads(metadata.get("aliases", "{}"))
+        trainer = json.loads(metadata["trainer"]) if "trainer" in metadata else None
+    except json.JSONDecodeError:
+        raise RnnkitError(f"{path}: its metadata is corrupted") from None
+    if expected is not None:
+        stored = {k: s for k, (s, _) in shapes.items() if not k.startswith("trainer.")}
+        stored.update({a: stored.get(b) for a, b in aliases.items()})
+        if stored != expected:
+            wrong = sorted(k for k in set(stored) | set(expected)
+                           if stored.get(k) != expected.get(k))[:4]
+            raise RnnkitError(f"{path} does not fit the config and vocabulary ("
+                              + ", ".join(f"{k}: {stored.get(k)} stored, {expected.get(k)} "
+                                          "expected" for k in wrong) + ")")
+    try:
+        tensors = st_load(path.read_bytes())
     except (OSError, SafetensorError, ValueError, RuntimeError) as e:
         raise RnnkitError(f"{path} is not a valid safetensors file ({str(e)[:100]}); "
                           "it may be truncated or corrupted") from None
-    trainer = None
-    if "trainer" in metadata:
-        try:
-            trainer = json.loads(metadata["trainer"])
-        except json.JSONDecodeError:
-            raise RnnkitError(f"{path}: its training state is corrupted") from None
     weights = {k: v for k, v in tensors.items() if not k.startswith("trainer.")}
+    for alias, name in aliases.items():
+        if name in weights:
+            weights[alias] = weights[name]
     extra = {k[len("trainer."):]: v for k, v in tensors.items() if k.startswith("trainer.")}
     return weights, trainer, extra
 
@@ -110,7 +141,7 @@ def load_config_and_vocab(run_dir: str | os.PathLike) -> tuple[TrainConfig, Voca
     if not run.is_dir():
         raise RnnkitError(f"run directory not found: {run}; pass a directory made by "
                           "'rnnkit train --out'")
-    missing = [f for f in RUN_FILES if not (run / f).is_file()]
+    missing = [f for f in RUN_FILES if not (run / f).exists()]
     if missing:
         raise RnnkitError(f"{run} is not a complete rnnkit run (missing {', '.join(missing)})")
     meta = _read_json(run / "config.json", "config")
@@ -124,7 +155,15 @@ def load_config_and_vocab(run_dir: str | os.PathLike) -> tuple[TrainConfig, Voca
         vocab = Vocab.from_dict(_read_json(run / "vocab.json", "vocabulary"))
     except ValueError as e:
         raise RnnkitError(f"{run / 'vocab.json'}: {e}") from None
+    try:
+        check_size(len(vocab), config)
+    except RnnkitError as e:
+        raise RnnkitError(f"{run / 'config.json'}: {e}") from None
     return config, vocab
+
+
+def expected_shapes(model: nn.Module) -> dict[str, tuple]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def load_weights_into(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -134,33 +173,40 @@ def load_weights_into(model: nn.Module, tensors: dict[str, torch.Tensor], path: 
         raise RnnkitError(f"{path} does not fit the config: it holds "
                           f"{sorted(tensors)}, the model needs {sorted(expected)}")
     for name, t in tensors.items():
-        if t.shape != expected[name].shape or t.dtype != expected[name].dtype:
+        if t.shape != expected[name].shape or not t.dtype.is_floating_point:
             raise RnnkitError(f"{path} does not fit the config and vocabulary: {name} is "
                               f"{tuple(t.shape)} {t.dtype}, expected "
                               f"{tuple(expected[name].shape)} {expected[name].dtype}")
         if not torch.isfinite(t).all():
             raise RnnkitError(f"{path}: {name} holds NaN or infinite values")
+    # any floating dtype loads: load_state_dict copies into the model's own (fp32) tensors
     model.load_state_dict(tensors)
 
 
-def load_run(run_dir: str | os.PathLike, *, weights: str = "model.safetensors",
-             device: str = "cpu") -> tuple[nn.Module, Vocab, TrainConfig]:
-    """Rebuild a trained model from a run directory: (model in eval mode, vocab, config)."""
+def weights_path(run_dir: str | os.PathLike, weights: str = "best") -> Path:
+    """The weights file a run is used with: `best` (the best validation epoch's, where the run
+    has one, else the last), `last`, or a file name inside the run directory."""
+    run = Path(run_dir)
+    if weights == "best":
+        best = run / WEIGHTS["best"]
+        return best if best.exists() else run / WEIGHTS["last"]
+    name = WEIGHTS.get(weights, weights)
+    if Path(name).name != name:
+        raise RnnkitError(f"--weights {weights!r}: name a file inside the run directory "
+                          "(best, last, or e.g. best.safetensors)")
+    return run / name
+
+
+def load_run(run_dir: str | os.PathLike, *, weights: str = "best",
+             device: str | torch.device = "cpu") -> tuple[nn.Module, Vocab, TrainConfig]:
+    """Rebuild a trained model from a run directory: (model in eval mode, vocab, config).
+
+    Weights load onto `device` in fp32 whatever device and precision they were trained with."""
     config, vocab = load_config_and_vocab(run_dir)
+    path = weights_path(run_dir, weights)
+    with torch.device("meta"):                 # shapes only: nothing is allocated
+        shapes = expected_shapes(build_model(len(vocab), config))
+    tensors = read_checkpoint(path, shapes)[0]
     model = build_model(len(vocab), config)
-    path = Path(run_dir) / weights
-    load_weights_into(model, read_checkpoint(path)[0], path)
+    load_weights_into(model, tensors, path)
     return model.to(device).eval(), vocab, config
-
-
-def check_trainer(info: dict | None, path: Path) -> dict:
-    """The resume data of a checkpoint, refusing missing or mistyped fields."""
-    if not isinstance(info, dict):
-        raise RnnkitError(f"{path} holds no training state to resume from")
-    for key, kind in (("epoch", int), ("batch", int), ("tokens", int), ("loss_sum", float),
-                      ("seconds", float), ("metrics", list)):
-        value = info.get(key)
-        ok = isinstance(value, kind) or (kind is float and isinstance(value, int))
-        if not ok or isinstance(value, bool) or (kind is not list and value < 0):
-            raise RnnkitError(f"{path}: training state field '{key}' is missing or invalid")
-    return info

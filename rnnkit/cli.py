@@ -77,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     opt(g, "--seed", int, "seed of initialisation and batch order")
     g = t.add_argument_group("system and output")
     opt(g, "--device", help="cpu | cuda | cuda:N | auto")
-    g.add_argument("--out", default="runs/latest", help="run directory (default: runs/latest)")
-    g.add_argument("--resume", action="store_true", help="continue the run in --out")
+    g.add_argument("--out", help="run directory (default: runs/latest)")
+    g.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR (or in --out) exactly where it stopped")
     g.add_argument("--force", action="store_true", help="replace the run in --out")
     g.add_argument("--checkpoint-every", type=float, default=300.0,
                    help="seconds between mid-epoch checkpoints (default: 300)")
@@ -158,7 +159,7 @@ def cmd_train(args) -> int:
         return _launch(args.nproc, args.argv)
     from .config import PRESETS, TrainConfig
     from .perf import keep_freed_memory
-    from .runner import train_run
+    from .run import train_run
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in fields}
     if given.get("prefix", None) == "":
@@ -166,10 +167,16 @@ def cmd_train(args) -> int:
     config = TrainConfig(**{**PRESETS[args.preset], **given}).validate()
     if args.resume and args.force:
         raise UsageError("--resume and --force contradict each other; pick one")
+    out = args.out or "runs/latest"
+    if isinstance(args.resume, str):
+        if args.out is not None and Path(args.out) != Path(args.resume):
+            raise UsageError(f"--resume {args.resume} and --out {args.out} name different runs; "
+                             "give one of them")
+        out = args.resume
     if not args.checkpoint_every > 0:
         raise UsageError("--checkpoint-every must be a positive number of seconds")
     keep_freed_memory()
-    train_run(config, args.out, resume=args.resume, force=args.force, json_lines=args.json,
+    train_run(config, out, resume=bool(args.resume), force=args.force, json_lines=args.json,
               checkpoint_every=args.checkpoint_every, resume_epochs=given.get("epochs"))
     return 0
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .encode import read_corpus_checks
+from .encode import prepare, read_corpus  # noqa: F401  (read_corpus: part of this API)
 from .errors import RnnkitError
-from .text import Vocab, clean_lines, tokenize
+from .text import Vocab, text_to_ids
 
 TIME_MACHINE_SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
 EXACT_SHUFFLE_LIMIT = 1 << 20  # subsequences up to which random sampling shuffles as the book
@@ -33,23 +33,6 @@ def time_machine_text() -> str:
     if sha1_of(raw) != TIME_MACHINE_SHA1:
         raise RnnkitError("the bundled timemachine.txt is damaged (sha1 mismatch); reinstall rnnkit")
     return raw.decode("utf-8")
-
-
-def read_corpus(path: str | os.PathLike) -> str:
-    """Read a UTF-8 text file, refusing missing, empty, binary or mis-encoded files clearly."""
-    p = Path(path)
-    read_corpus_checks(p)  # missing, directory, unreadable, empty, binary head
-    raw = p.read_bytes()
-    nul = raw.find(b"\0")
-    if nul >= 0:
-        raise RnnkitError(f"corpus {p} looks binary (NUL byte at offset {nul}); pass a text file")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise RnnkitError(f"corpus {p} is not valid UTF-8 (byte offset {e.start}, line {line}); "
-                          "convert it, e.g. with iconv -t UTF-8") from None
-    return text.removeprefix("\ufeff")
 
 
 def download(url: str, sha1: str, cache_dir: str | os.PathLike) -> Path:
@@ -75,17 +58,21 @@ def download(url: str, sha1: str, cache_dir: str | os.PathLike) -> Path:
 
 def load_corpus(path: str | os.PathLike | None = None, clean: str = "d2l", token: str = "char",
                 min_freq: int = 0, vocab: Vocab | None = None) -> tuple[np.ndarray, Vocab]:
-    """Text file (default: The Time Machine) → (ids int64 (N,), vocab); the book's pipeline."""
-    text = time_machine_text() if path is None else read_corpus(path)
-    tokens = tokenize(clean_lines(text, clean), token)
-    if vocab is None:
-        vocab = Vocab(tokens, min_freq=min_freq)
-    ids = np.fromiter((vocab[t] for line in tokens for t in line), dtype=np.int64)
-    if ids.size == 0:
-        where = "The Time Machine" if path is None else str(path)
-        raise RnnkitError(f"corpus {where} has no tokens after --clean {clean}; "
-                          "try --clean none")
-    return ids, vocab
+    """A corpus → (ids (N,), vocab): The Time Machine (default) through the book's own list
+    pipeline, any other file through the cached vectorised one (`encode.prepare`), which gives
+    the same ids. With `vocab`, the ids are in that vocabulary (unknown tokens → <unk>)."""
+    if path is None:
+        ids, vocab = text_to_ids(time_machine_text(), clean, token, min_freq, vocab)
+        if ids.size == 0:
+            raise RnnkitError(f"corpus The Time Machine has no tokens after --clean {clean}; "
+                              "try --clean none")
+        return ids, vocab
+    ids, own, _ = prepare(path, clean, token, 0 if vocab is not None else min_freq)
+    if vocab is None or own.idx_to_token == vocab.idx_to_token:
+        return ids, own
+    to_run = np.array([vocab[t] for t in own.idx_to_token],    # this file's id → the run's id
+                      dtype=np.uint8 if len(vocab) <= 256 else np.uint32)
+    return to_run[ids], vocab
 
 
 def split_corpus(ids: np.ndarray, val_fraction: float = 0.1, max_tokens: int = -1,

@@ -1,7 +1,7 @@
-"""Corpora of gigabytes: clean, count and encode characters in bounded memory with vectorised
-numpy passes, and cache the ids as a memory-mapped array keyed by the file's checksum and the
-settings. Gives exactly the ids and vocabulary of `data.load_corpus` (tested on The Time
-Machine and on random text); word tokens use that list pipeline.
+"""Corpus files → ids: read, clean, count and encode characters in bounded memory with
+vectorised numpy passes, and cache the ids as a memory-mapped array keyed by the file's checksum
+and the settings. Gives exactly the ids and vocabulary of the book's list pipeline
+(`text.text_to_ids`; tested on The Time Machine and on random text); word tokens use it.
 """
 from __future__ import annotations
 
@@ -9,15 +9,19 @@ import codecs
 import hashlib
 import json
 import os
+import tempfile
+import zlib
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from .errors import RnnkitError
-from .text import Vocab
+from .files import FileLock, atomic_write, check_regular_file
+from .text import Vocab, text_to_ids
 
 CHUNK = 1 << 20                        # bytes read at a time: bounds the working memory
+CACHE_FORMAT = "rnnkit-ids-v3"         # ids file + JSON metadata (length, crc32, vocabulary)
 _LETTERS = bytes(range(65, 91)) + bytes(range(97, 123))
 # d2l cleaning as one byte map: letters → lower case, newlines kept, everything else → space.
 # Every byte of a multi-byte UTF-8 character is ≥ 0x80, a non-letter, as the book's regex says.
@@ -79,9 +83,9 @@ def code_points(path: Path, clean: str) -> Iterator[np.ndarray]:
     def not_utf8(block: bytes, e: UnicodeDecodeError) -> RnnkitError:
         with open(path, "rb") as f:    # count lines only when there is an error to report
             line = f.read(offset).count(b"\n") + block.count(b"\n", 0, e.start) + 1
-        return RnnkitError(f"corpus {path} is not valid UTF-8 (byte offset {offset + e.start}, "
-                           f"line {line}); convert it, e.g. with iconv -t UTF-8")
+        return _not_utf8(path, line, offset + e.start)
     for block in _blocks(path):
+        _refuse_nul(path, block, offset)  # the same verdict as reading the whole file
         if clean == "d2l":
             try:
                 block.decode("utf-8")      # the book reads text: refuse what is not UTF-8
@@ -160,31 +164,31 @@ def _lookup(vocab: Vocab, size: int) -> np.ndarray:
     return table
 
 
-def encode_chars(path: Path, clean: str, out: Path) -> tuple[np.ndarray, Vocab]:
-    """Count and encode the characters of `path` into the raw id file `out`.
+def encode_chars(path: Path, clean: str, out) -> Vocab:
+    """Count and encode the characters of `path` into the open, empty file `out` (raw ids).
 
     d2l text is ASCII, so one pass writes the cleaned bytes while counting and a second,
     in-place pass over that file maps bytes to ids; other cleanings clean twice instead.
     """
-    tmp = out.with_name(out.name + ".tmp")
     if clean == "d2l":
-        with open(tmp, "wb") as f:
-            counts, first_seen = _count(code_points(path, clean), sink=f)
+        counts, first_seen = _count(code_points(path, clean), sink=out)
         vocab = _vocab(counts, first_seen)
-        table = _lookup(vocab, 256)
-        mapping = table.tobytes()          # 256 entries: bytes.translate does the lookup
-        with open(tmp, "r+b") as f:        # in place, a chunk at a time (no whole-file map)
-            while chunk := f.read(CHUNK):
-                f.seek(-len(chunk), os.SEEK_CUR)
-                f.write(chunk.translate(mapping))
+        mapping = _lookup(vocab, 256).tobytes()   # 256 entries: bytes.translate does the lookup
+        out.flush()
+        out.seek(0)
+        while chunk := out.read(CHUNK):           # in place, a chunk at a time (no whole-file map)
+            out.seek(-len(chunk), os.SEEK_CUR)
+            out.write(chunk.translate(mapping))
     else:
         vocab = _vocab(*_count(code_points(path, clean)))
         table = _lookup(vocab, 0)
-        with open(tmp, "wb") as f:
-            for cps in code_points(path, clean):
-                f.write(table[cps].tobytes())
-    os.replace(tmp, out)
-    return _open_ids(out, table.dtype), vocab
+        for cps in code_points(path, clean):
+            out.write(table[cps].tobytes())
+    return vocab
+
+
+def _ids_dtype(vocab: Vocab):
+    return np.uint8 if len(vocab) <= 256 else np.uint32
 
 
 def _open_ids(path: Path, dtype) -> np.ndarray:
@@ -212,46 +216,106 @@ def file_sha1(path: Path) -> str:
     return h.hexdigest()
 
 
+def _crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+def _load_cached(ids_path: Path, meta_path: Path) -> tuple[np.ndarray, Vocab] | None:
+    """The cached ids and vocabulary if the entry is whole: its length and checksum match
+    what was recorded when it was written. None for a missing, partial or damaged entry."""
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        vocab = Vocab.from_dict(meta["vocab"])
+        dtype = _ids_dtype(vocab)
+        length = meta["length"]
+        if (meta.get("format") != CACHE_FORMAT or not isinstance(length, int) or length < 1
+                or ids_path.stat().st_size != length * np.dtype(dtype).itemsize
+                or _crc32(ids_path) != meta["crc32"]):
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return _open_ids(ids_path, dtype), vocab
+
+
+def _write_entry(path: Path, clean: str, token: str, min_freq: int, ids_path: Path,
+                 meta_path: Path) -> None:
+    """Encode into a temporary file of this writer's own, then publish ids, then metadata."""
+    fd, tmp = tempfile.mkstemp(dir=ids_path.parent, prefix=f".{ids_path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w+b") as out:
+            if token == "char" and min_freq <= 1:
+                vocab = encode_chars(path, clean, out)
+            else:                                          # words: the list pipeline
+                ids, vocab = text_to_ids(read_corpus(path), clean, token, min_freq)
+                out.write(ids.astype(_ids_dtype(vocab)).tobytes())
+            length = out.tell() // np.dtype(_ids_dtype(vocab)).itemsize
+            out.flush()
+            os.fsync(out.fileno())
+        if length == 0:
+            raise RnnkitError(f"corpus {path} has no tokens after --clean {clean}; "
+                              "try --clean none")
+        meta = {"format": CACHE_FORMAT, "length": length, "crc32": _crc32(Path(tmp)),
+                "vocab": vocab.to_dict()}
+        os.replace(tmp, ids_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    atomic_write(meta_path, json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+
+
 def prepare(path: str | os.PathLike, clean: str = "d2l", token: str = "char",
             min_freq: int = 0) -> tuple[np.ndarray, Vocab, Path]:
-    """(ids as a read-only memmap, vocab, cache file), encoding the corpus on first use."""
+    """(ids as a read-only memmap, vocab, cache file), encoding the corpus on first use.
+
+    Concurrent callers for one corpus and settings take turns on a lock per cache entry; an
+    entry whose length or checksum does not match its metadata is rebuilt, never trusted.
+    """
     path = Path(path)
-    read_corpus_checks(path)
-    key = hashlib.sha1(f"{file_sha1(path)}:{clean}:{token}:{min_freq}:v2".encode()).hexdigest()
+    check_corpus(path)
+    key = hashlib.sha1(f"{file_sha1(path)}:{clean}:{token}:{min_freq}".encode()).hexdigest()
     root = cache_dir()
-    ids_path, vocab_path = root / f"{key}.ids", root / f"{key}.vocab.json"
-    if ids_path.is_file() and vocab_path.is_file():   # the vocabulary is written last
+    ids_path, meta_path = root / f"{key}.ids", root / f"{key}.json"
+    cached = _load_cached(ids_path, meta_path)
+    if cached is None:
         try:
-            vocab = Vocab.from_dict(json.loads(vocab_path.read_text(encoding="utf-8")))
-            return _open_ids(ids_path, np.uint8 if len(vocab) <= 256 else np.uint32), \
-                vocab, ids_path
-        except (OSError, ValueError):
-            pass                                           # a damaged cache: rebuild it
-    root.mkdir(parents=True, exist_ok=True)
-    if token == "char" and min_freq <= 1:
-        ids, vocab = encode_chars(path, clean, ids_path)
-    else:                                                  # words: the list pipeline
-        from .data import load_corpus                      # (imports torch: only here)
-        ids_list, vocab = load_corpus(path, clean, token, min_freq)
-        dtype = np.uint8 if len(vocab) <= 256 else np.uint32
-        tmp = ids_path.with_name(ids_path.name + ".tmp")
-        tmp.write_bytes(ids_list.astype(dtype).tobytes())
-        os.replace(tmp, ids_path)
-        ids = _open_ids(ids_path, dtype)
-    if len(ids) == 0:
-        raise RnnkitError(f"corpus {path} has no tokens after --clean {clean}; try --clean none")
-    tmp = vocab_path.with_name(vocab_path.name + ".tmp")
-    tmp.write_text(json.dumps(vocab.to_dict(), ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, vocab_path)
-    return ids, vocab, ids_path
+            root.mkdir(parents=True, exist_ok=True)
+            with FileLock(root / f"{key}.lock", owner=f"pid {os.getpid()}"):
+                cached = _load_cached(ids_path, meta_path)   # another writer may have finished
+                if cached is None:
+                    _write_entry(path, clean, token, min_freq, ids_path, meta_path)
+                    cached = _load_cached(ids_path, meta_path)
+        except OSError as e:
+            raise RnnkitError(f"cannot write the corpus cache in {root} ({e.strerror}); free "
+                              "some space or set RNNKIT_CACHE to another directory") from None
+        if cached is None:
+            raise RnnkitError(f"the corpus cache entry {ids_path} does not verify after "
+                              "writing; check the disk")
+    return (*cached, ids_path)
 
 
-def read_corpus_checks(path: Path) -> None:
-    """The checks of `data.read_corpus` that need no full read: exists, file, non-empty, text."""
-    if not path.exists():
+def read_corpus(path: str | os.PathLike) -> str:
+    """A whole UTF-8 text file as a string (for word tokens and small files), refusing missing,
+    empty, binary or mis-encoded files with the same messages as `prepare`."""
+    path = Path(path)
+    check_corpus(path)
+    raw = path.read_bytes()
+    _refuse_nul(path, raw, 0)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, raw.count(b"\n", 0, e.start) + 1, e.start) from None
+    return text.removeprefix("\ufeff")
+
+
+def check_corpus(path: Path) -> None:
+    """The checks that need no full read: a regular, readable, non-empty file of text."""
+    if not path.exists() and not path.is_symlink():
         raise RnnkitError(f"corpus not found: {path}; pass --corpus with an existing text file")
-    if path.is_dir():
-        raise RnnkitError(f"corpus {path} is a directory; pass a UTF-8 text file")
+    check_regular_file(path, "corpus")
     try:
         with open(path, "rb") as f:
             head = f.read(1 << 16)
@@ -260,6 +324,16 @@ def read_corpus_checks(path: Path) -> None:
             from None
     if not head:
         raise RnnkitError(f"corpus {path} is empty; pass a file with text in it")
-    if b"\0" in head:
-        raise RnnkitError(f"corpus {path} looks binary (NUL byte at offset {head.find(0)}); "
+    _refuse_nul(path, head, 0)
+
+
+def _refuse_nul(path: Path, block: bytes, offset: int) -> None:
+    nul = block.find(b"\0")
+    if nul >= 0:
+        raise RnnkitError(f"corpus {path} looks binary (NUL byte at offset {offset + nul}); "
                           "pass a text file")
+
+
+def _not_utf8(path: Path, line: int, offset: int) -> RnnkitError:
+    return RnnkitError(f"corpus {path} is not valid UTF-8 (byte offset {offset}, line {line}); "
+                       "convert it, e.g. with iconv -t UTF-8")

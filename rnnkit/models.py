@@ -11,9 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import bptt
+from .errors import UsageError
 
 IMPLS = ("bptt", "autograd", "torch")
 PRECISIONS = ("fp32", "bf16")
+MAX_PARAMETERS = 1 << 30     # 4 GiB of fp32 weights (16 GiB with Adam): far beyond a char model
 
 
 def _impl(impl: str) -> str:
@@ -194,3 +196,19 @@ def build_model(vocab_size: int, config) -> nn.Module:
     precision = config.precision if config.impl == "bptt" else "fp32"
     return RNNScratch(vocab_size, config.hidden, impl=config.impl, precision=precision,
                       generator=generator)
+
+
+def count_parameters(vocab_size: int, config) -> int:
+    """Parameters of the model `config` names, counted on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in build_model(vocab_size, config).parameters())
+
+
+def check_size(vocab_size: int, config) -> int:
+    """The parameter count, refusing a model too large to allocate before anything is."""
+    n = count_parameters(vocab_size, config)
+    if n > MAX_PARAMETERS:
+        raise UsageError(f"the model would have {n:,} parameters (vocabulary {vocab_size:,}, "
+                         f"--hidden {config.hidden}, --layers {config.layers}, --embed "
+                         f"{config.embed}); the limit is {MAX_PARAMETERS:,}")
+    return n

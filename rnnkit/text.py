@@ -9,6 +9,8 @@ import io
 import re
 from typing import Iterable, Sequence
 
+import numpy as np
+
 CLEAN_MODES = ("d2l", "lower", "none")
 TOKEN_MODES = ("char", "word")
 _NON_LETTERS = re.compile("[^A-Za-z]+")
@@ -117,3 +119,15 @@ class Vocab:
 def encode(tokens: Iterable[list[str]], vocab: Vocab) -> list[int]:
     """Flatten per-line token lists into one id list (the book's `corpus`)."""
     return [vocab[tok] for line in tokens for tok in line]
+
+
+def text_to_ids(text: str, clean: str = "d2l", token: str = "char", min_freq: int = 0,
+                vocab: Vocab | None = None) -> tuple[np.ndarray, Vocab]:
+    """The book's list pipeline on one string: clean → tokenize → Vocab → ids, int64 (N,).
+
+    `vocab` maps with an existing vocabulary (unknown tokens → <unk>) instead of building one.
+    """
+    tokens = tokenize(clean_lines(text, clean), token)
+    if vocab is None:
+        vocab = Vocab(tokens, min_freq=min_freq)
+    return np.fromiter((vocab[t] for line in tokens for t in line), dtype=np.int64), vocab

@@ -69,13 +69,15 @@ class Autocast:
 def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer, *,
                 clip: float, carry_state: bool, device: torch.device | str = "cpu",
                 state: tuple | None = None, on_batch: Callable | None = None,
-                amp: Autocast | None = None) -> tuple[float, int, float]:
+                amp: Autocast | None = None, max_loss: float = math.inf
+                ) -> tuple[float, int, float]:
     """One pass over `batches`; returns (summed loss, tokens, seconds).
 
     With sequential batches (`carry_state`), the state is initialised once per epoch and
     detached between batches; with random batches it is initialised for every batch.
     `on_batch(i, state, loss_sum, tokens)` runs after each update (progress, checkpoints,
     learning-rate schedule); when it returns True the epoch ends early (a time budget).
+    A batch loss that is not finite or exceeds `max_loss` raises `Diverged` before the update.
     """
     loss_sum, tokens, start = 0.0, 0, time.perf_counter()
     model.train()
@@ -89,8 +91,8 @@ def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Opti
             logits, state = model(X, state)                             # (T, B, V)
             loss = sequence_loss(logits.float(), Y)
         value = float(loss.detach())
-        if not math.isfinite(value):  # stop before the update, so the weights stay good
-            raise Diverged(f"the loss became {value} at batch {i + 1}")
+        if not math.isfinite(value) or value > max_loss:  # stop before the update: the
+            raise Diverged(f"the loss became {value:.4g} at batch {i + 1}")  # weights stay good
         optimizer.zero_grad(set_to_none=True)
         scaler = amp.scaler if amp else None
         if scaler is None:

@@ -5,8 +5,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rnnkit import encode
-from rnnkit.data import load_corpus, time_machine_text
+from rnnkit.data import time_machine_text
 from rnnkit.errors import RnnkitError
+from rnnkit.text import text_to_ids
+
+
+def load_corpus(path, clean="d2l", token="char"):
+    """The reference: the book's list pipeline over the whole file."""
+    ids, vocab = text_to_ids(encode.read_corpus(path), clean, token)
+    if ids.size == 0:
+        raise RnnkitError("no tokens")
+    return ids, vocab
 
 
 @pytest.fixture(autouse=True)

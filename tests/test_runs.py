@@ -32,7 +32,7 @@ def test_time_budget_ends_training_and_saves_as_after_an_epoch(tmp_path, capsys)
     summary = json.loads(capsys.readouterr().out.splitlines()[-1])
     _, info, _ = ckpt.read_checkpoint(out / "model.safetensors")
     assert 1 <= info["epoch"] < 100000 and info["batch"] == 0
-    assert info["spent"] >= 1.0 and summary["val_ppl"] is not None
+    assert info["train_seconds"] >= 1.0 and summary["val_ppl"] is not None
 
 
 def test_early_stopping_keeps_the_best_checkpoint(tmp_path, capsys):
@@ -82,3 +82,27 @@ def test_adam_dropout_run_resumes_bitwise_after_sigint(tmp_path):
     assert _metrics(out) == _metrics(ref)
     a, b = _weights(ref), _weights(out)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_takes_the_run_directory_as_its_value(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", *TINY, "--epochs", "2", "--out", str(out)]) == 0
+    assert main(["train", "--resume", str(out), "--epochs", "3"]) == 0
+    assert [m[0] for m in _metrics(out)] == [1, 2, 3]
+    assert main(["train", "--resume", "--out", str(out), "--epochs", "4"]) == 0
+    assert [m[0] for m in _metrics(out)] == [1, 2, 3, 4]
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--out", str(tmp_path / "other")]) == 2
+    assert "name different runs" in capsys.readouterr().err
+
+
+def test_a_loss_that_explodes_but_stays_finite_is_divergence(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", *TINY, "--epochs", "3", "--lr", "1e30", "--clip", "1e30",
+                 "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "loss became" in err[0] and "lower --lr" in err[0]
+    weights = _weights(out)                    # the last good checkpoint: finite, unchanged
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    _, info, _ = ckpt.read_checkpoint(out / "model.safetensors")
+    assert info["epoch"] == 0

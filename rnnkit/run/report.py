@@ -1,0 +1,92 @@
+"""What a run shows and records: a progress bar, a console or JSON line per epoch,
+metrics.jsonl, perplexity.png and the closing summary. Silent on every rank but 0.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+from tqdm import tqdm
+
+
+def plot_perplexity(path: Path, metrics: list[dict]) -> None:
+    """Training and validation perplexity per epoch (log scale), written atomically."""
+    from matplotlib.figure import Figure   # no pyplot: the user's backend is never touched
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    epochs = [m["epoch"] for m in metrics]
+    ax.plot(epochs, [m["train_ppl"] for m in metrics], label="train")
+    if any(m["val_ppl"] is not None for m in metrics):
+        ax.plot(epochs, [m["val_ppl"] for m in metrics], label="validation")
+    ax.set(xlabel="epoch", ylabel="perplexity", yscale="log")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    tmp.replace(path)
+
+
+class Reporter:
+    """`samples()` gives the texts shown every `sample_every` epochs and at the end."""
+
+    def __init__(self, out: Path, *, epochs: int, sample_every: int,
+                 samples: Callable[[], list[str]], json_lines: bool = False, stdout=None,
+                 active: bool = True):
+        self.out, self.epochs, self.sample_every, self.samples = out, epochs, sample_every, samples
+        self.json_lines, self.stdout, self.active = json_lines, stdout or sys.stdout, active
+        self.bar = None
+
+    def start(self, metrics: list[dict]) -> None:
+        """metrics.jsonl as the state says (a resumed run drops lines a crash left after it)."""
+        if self.active:
+            (self.out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+        self.bar = tqdm(total=self.epochs, initial=len(metrics), unit="epoch",
+                        disable=None if self.active else True, file=sys.stderr,
+                        dynamic_ncols=True)
+
+    def line(self, text: str) -> None:
+        """A line for a person (not shown with --json)."""
+        if self.active and not self.json_lines:
+            tqdm.write(text, file=self.stdout)
+
+    def epoch(self, record: dict, metrics: list[dict]) -> None:
+        if self.active:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            epoch, text = record["epoch"], None
+            if self.sample_every and epoch % self.sample_every == 0:
+                record = {**record, "sample": self.samples()[0]}
+                text = record["sample"]
+            if epoch % 10 == 0 or epoch == self.epochs:
+                plot_perplexity(self.out / "perplexity.png", metrics)
+            if self.json_lines:
+                print(json.dumps(record), file=self.stdout, flush=True)
+            elif text is not None:
+                tqdm.write(text, file=self.stdout)
+        self.bar.set_postfix(ppl=f"{record['train_ppl']:.2f}", refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def summary(self, summary: dict, metrics: list[dict]) -> None:
+        """The closing lines: the book's perplexity/speed line, validation, samples."""
+        if not self.active:
+            return
+        if metrics:
+            plot_perplexity(self.out / "perplexity.png", metrics)
+        if self.json_lines:
+            print(json.dumps(summary), file=self.stdout, flush=True)
+            return
+        ppl = "n/a" if summary["train_ppl"] is None else f"{summary['train_ppl']:.1f}"
+        print(f"perplexity {ppl}, {summary['tokens_per_s']:.1f} tokens/sec on "
+              f"{summary['device']}", file=self.stdout)
+        if summary["val_ppl"] is not None:
+            print(f"validation perplexity {summary['val_ppl']:.1f}", file=self.stdout)
+        for s in summary["samples"]:
+            print(s, file=self.stdout)

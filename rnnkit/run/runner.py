@@ -1,0 +1,138 @@
+"""`train_run`: one training run end to end — check the run directory, set up, lock, stage,
+train (loop.py), summarise. The CLI's `rnnkit train` is this function.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from .. import checkpoint as ckpt
+from ..config import TrainConfig
+from ..distributed import Team
+from ..errors import Interrupted, RnnkitError
+from ..generate import predict
+from ..train import eval_rows, evaluate, perplexity
+from .loop import fit
+from .policies import CheckpointCadence, LearningRate, Stopping
+from .report import Reporter
+from .rundir import Checkpointer, RunDirectory, check_out_dir
+from .setup import Run, resolve_device, setup_run
+from .state import RunState, load_state
+
+
+def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, force: bool = False,
+              json_lines: bool = False, checkpoint_every: float = 300.0,
+              resume_epochs: int | None = None, stdout=None) -> dict:
+    """Train as `config` says, writing the run to `out`; returns the summary dict.
+    With `resume`, the run's saved config is used, its epochs raised to `resume_epochs`."""
+    config.validate()
+    team = Team.from_env(resolve_device(config.device))
+    try:
+        summary = _train(config, Path(out), team, resume=resume, force=force,
+                         json_lines=json_lines, checkpoint_every=checkpoint_every,
+                         resume_epochs=resume_epochs, stdout=stdout or sys.stdout)
+        team.barrier()  # rank 0 writes the summary last: leave together, not mid-shutdown
+        return summary
+    except Interrupted:
+        team.barrier()  # every rank stopped at the same batch (they agreed on it)
+        raise
+    finally:
+        team.close()
+
+
+def _train(config: TrainConfig, out: Path, team: Team, *, resume: bool, force: bool,
+           json_lines: bool, checkpoint_every: float, resume_epochs: int | None, stdout) -> dict:
+    check_out_dir(out, resume=resume, force=force)
+    team.barrier()  # every rank has looked before rank 0 writes
+    vocab = None
+    if resume:
+        saved, vocab = ckpt.load_config_and_vocab(out)
+        config = TrainConfig.from_dict({**saved.to_dict(),
+                                        "epochs": resume_epochs or saved.epochs})
+    run = setup_run(config, team, vocab)
+    torch.manual_seed(config.seed)  # dropout draws from the global generator (checkpointed)
+    rundir = RunDirectory(out)
+    try:
+        state, checkpoints = _open_run(run, rundir, resume=resume, force=force)
+        report = Reporter(checkpoints.out, epochs=config.epochs,
+                          sample_every=config.sample_every, samples=lambda: samples(run),
+                          json_lines=json_lines, stdout=stdout, active=team.main)
+        report.start(state.metrics)
+        try:
+            with Stopping(config, len(run.vocab)) as stopping:
+                fit(run, state, rate=LearningRate(config), stopping=stopping,
+                    cadence=CheckpointCadence(checkpoint_every), checkpoints=checkpoints,
+                    report=report)
+        finally:
+            report.close()
+        if not team.main:
+            return {}
+        summary = summarize(run, state, checkpoints.out)
+        report.summary(summary, state.metrics)
+        return summary
+    finally:
+        rundir.release()
+
+
+def _open_run(run: Run, rundir: RunDirectory, *, resume: bool,
+              force: bool) -> tuple[RunState, Checkpointer]:
+    """The state to start from and the checkpointer. A resumed run continues in place; a new
+    one is built aside and takes the run directory's place once it holds a checkpoint."""
+    team, failure = run.team, None
+    try:
+        if team.main:
+            rundir.claim()
+            check_out_dir(rundir.out, resume=resume, force=force)  # again, now that it is ours
+        if resume:
+            state = load_state(rundir.out / "model.safetensors", run.model, run.optimizer)
+            carried = state.carried and tuple(s.to(team.device) for s in state.carried)
+            state.carried = team.own_rows(carried, run.config.batch_size)
+            state.metrics = state.metrics[:state.epoch]
+            if state.rng is not None:
+                torch.set_rng_state(state.rng)
+            return state, Checkpointer(rundir.out, run, has_checkpoint=True)
+        state = RunState()
+        checkpoints = Checkpointer(rundir.out, run, has_checkpoint=False)
+        if team.main:
+            checkpoints.out = rundir.stage()
+            ckpt.save_run_metadata(checkpoints.out, run.config, run.vocab)
+        checkpoints.save(state)          # a run is resumable from its first moment
+        if team.main:
+            rundir.publish()
+            checkpoints.out = rundir.out
+        return state, checkpoints
+    except BaseException as e:
+        failure = e
+        raise
+    finally:  # ranks other than 0 learn here whether rank 0 could open the run
+        (failed,) = team.agree(failure is not None)
+        if failed and failure is None:
+            raise RnnkitError("rank 0 could not open the run directory (it says why)")
+
+
+def samples(run: Run) -> list[str]:
+    """Greedy continuations of the run's prefix and of its last word (the book's two lines)."""
+    prefix = run.config.prefix
+    prefixes = [prefix] + ([prefix.split()[-1]] if len(prefix.split()) > 1 else [])
+    return [predict(run.model, run.vocab, p, 50, token=run.config.token, device=run.team.device)
+            for p in prefixes]
+
+
+def summarize(run: Run, state: RunState, out: Path) -> dict:
+    """The closing report: the last epoch's figures, the best validation, test perplexity."""
+    c = run.config
+    final = state.metrics[-1] if state.metrics else {"train_ppl": None, "val_ppl": None,
+                                                     "tokens_per_s": 0.0}
+    summary = {"train_ppl": final["train_ppl"], "val_ppl": final["val_ppl"],
+               "tokens_per_s": final["tokens_per_s"], "device": str(run.team.device),
+               "out": str(out), "samples": samples(run)}
+    if state.best_val_ppl is not None:
+        summary["best_val_ppl"] = state.best_val_ppl
+    if len(run.test_ids):
+        usable = eval_rows(len(run.test_ids), c.batch_size, c.num_steps) >= 1
+        summary["test_ppl"] = perplexity(*evaluate(
+            run.model, run.test_ids, batch_size=c.batch_size, num_steps=c.num_steps,
+            device=run.team.device)) if usable else None
+    return summary
