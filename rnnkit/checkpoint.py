@@ -197,13 +197,14 @@ def weights_path(run_dir: str | os.PathLike, weights: str = "best") -> Path:
     return run / name
 
 
-def load_run(run_dir: str | os.PathLike, *, weights: str = "best",
+def load_run(run_dir: str | os.PathLike, *, weights: str | None = None,
              device: str | torch.device = "cpu") -> tuple[nn.Module, Vocab, TrainConfig]:
     """Rebuild a trained model from a run directory: (model in eval mode, vocab, config).
 
+    `weights`: best, last, or a file in the run directory; by default, what the run ended on.
     Weights load onto `device` in fp32 whatever device and precision they were trained with."""
     config, vocab = load_config_and_vocab(run_dir)
-    path = weights_path(run_dir, weights)
+    path = weights_path(run_dir, weights or config.end_on or "last")
     with torch.device("meta"):                 # shapes only: nothing is allocated
         shapes = expected_shapes(build_model(len(vocab), config))
     tensors = read_checkpoint(path, shapes)[0]

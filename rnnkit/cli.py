@@ -1,82 +1,113 @@
-"""The `rnnkit` command: train | generate | eval | vocab | prepare | bench. The only module that reads argv."""
+"""The `rnnkit` command: train | generate | eval | vocab | prepare | bench. The only module that
+reads argv; each subcommand checks its settings before it reads, allocates or writes anything.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import math
 import os
+import re
 import sys
-from pathlib import Path
 import traceback
+from pathlib import Path
 
 from .errors import Interrupted, RnnkitError, UsageError
 
-MAX_CHARS = 1_000_000
+MAX_CHARS = 1_000_000             # tokens one generated sample may hold
+MAX_SAMPLES = 4096                # samples one generate call may make
+MAX_GENERATED = 1 << 24           # samples x tokens: bounds the output's memory (128 MB)
+CLEAN_MODES, TOKEN_MODES = ("d2l", "lower", "none"), ("char", "word")
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one `rnnkit: error:` line and exit status 2."""
 
     def error(self, message: str):
+        choice = re.match(r"argument ([-\w/]+): invalid choice: (.*) \(choose from (.*)\)$",
+                          message)
+        if choice:   # in rnnkit's words: "--cell must be one of rnn, gru, lstm, not 'x'"
+            flag, value, allowed = choice.groups()
+            message = f"{flag.split('/')[0]} must be one of {allowed.replace(chr(39), '')}, " \
+                      f"not {value}"
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import PRESETS, TrainConfig
-    d = TrainConfig()
     p = _Parser(prog="rnnkit", description="Character-level RNN language models, from the "
                 "Dive into Deep Learning chapter to real training runs.",
                 epilog="example: rnnkit train --epochs 50 --out runs/tm && "
                        "rnnkit generate runs/tm --prefix 'time traveller'")
     p.add_argument("--debug", action="store_true", help="show a traceback on errors")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_train(sub)
+    _add_generate(sub)
+    _add_eval(sub)
+    _add_vocab(sub)
+    _add_prepare(sub)
+    b = sub.add_parser("bench", help="side-by-side speed table (README.md, section Speed)")
+    b.add_argument("--quick", action="store_true", help="finish in under a minute")
+    b.add_argument("--json-out", help="also write the JSON result to this file")
+    b.set_defaults(func=cmd_bench)
+    return p
 
+
+def _add_train(sub) -> None:
+    from .config import CHOICES, PRESETS, TrainConfig
+    d = TrainConfig()
     t = sub.add_parser("train", help="train a model (defaults: the chapter's run)",
-                       epilog="example: rnnkit train --corpus my.txt --clean none --out runs/my")
-    # config flags default to SUPPRESS, so a --preset fills only what the user did not give
-    S = argparse.SUPPRESS
+                       epilog="example: rnnkit train --preset quality --corpus my.txt "
+                              "--time-budget 300 --out runs/my")
+    S = argparse.SUPPRESS  # config flags: a --preset fills only what the user did not give
 
     def opt(group, flag, kind=str, help=""):
         name = flag[2:].replace("-", "_")
-        group.add_argument(flag, type=kind, default=S,
-                           help=f"{help} (default: {getattr(d, name)})".strip())
+        default = getattr(d, name)
+        shown = {"corpus": "The Time Machine", "max_tokens": "10,000 for the book, all of a "
+                 "--corpus", "prefix": "'time traveller' for the book, else the corpus's first "
+                 "words", "end_on": "last for the book, else best"}.get(name, default)
+        group.add_argument(flag, type=kind, default=S, choices=CHOICES.get(name),
+                           help=f"{help} (default: {shown})".strip())
 
     g = t.add_argument_group("data")
-    opt(g, "--corpus", help="UTF-8 text file; None = bundled The Time Machine")
-    opt(g, "--clean", help="d2l | lower | none")
-    opt(g, "--token", help="char | word")
+    opt(g, "--corpus", help="UTF-8 text file, or - for standard input")
+    opt(g, "--clean", help="d2l: letters and spaces, lower case (the book); none: keep all")
+    opt(g, "--token", help="characters or whitespace-separated words")
     opt(g, "--min-freq", int, "rarer tokens become <unk>, e.g. 3")
     opt(g, "--max-tokens", int, "training tokens, -1 = all")
     opt(g, "--val-fraction", float, "held-out validation share, e.g. 0.1")
     opt(g, "--test-fraction", float, "held-out test share at the very end, e.g. 0.05")
     g = t.add_argument_group("model")
-    opt(g, "--cell", help="rnn | gru | lstm")
-    opt(g, "--impl", help="bptt | autograd | torch")
+    opt(g, "--cell", help="the recurrent cell")
+    opt(g, "--impl", help="bptt: hand-derived backward; autograd: the book's loop; torch: "
+                          "nn.RNN/GRU/LSTM (picked for you when the flags need it)")
     opt(g, "--hidden", int, "hidden units, e.g. 512")
-    opt(g, "--precision", help="fp32 | bf16 | fp16 (fp16: CUDA, with a gradient scaler)")
+    opt(g, "--precision", help="fp16: CUDA, with a gradient scaler")
     opt(g, "--layers", int, "stacked layers (--impl torch)")
     opt(g, "--dropout", float, "dropout, e.g. 0.25 (--impl torch)")
     opt(g, "--embed", int, "learned embedding size, 0 = one-hot (--impl torch)")
     g.add_argument("--tie", action="store_true", default=S,
                    help="tie embedding and output weights (needs --embed == --hidden)")
     g = t.add_argument_group("optimization")
-    g.add_argument("--preset", default="d2l", choices=sorted(PRESETS),
-                   help="bundle of settings: d2l (the chapter) or quality (default: d2l)")
-    opt(g, "--optimizer", help="sgd | adam | adamw")
+    g.add_argument("--preset", default=S, choices=sorted(PRESETS),
+                   help="bundle of settings: d2l (the chapter) or quality (sized to your corpus "
+                        "and --time-budget) (default: d2l)")
+    opt(g, "--optimizer")
     opt(g, "--lr", float, "peak learning rate")
     opt(g, "--weight-decay", float, "e.g. 0.01")
     opt(g, "--warmup", int, "steps of linear warm-up")
-    opt(g, "--schedule", help="constant | cosine | plateau")
+    opt(g, "--schedule", help="cosine decays to lr/10; plateau halves it when validation stalls")
     opt(g, "--clip", float, "gradient global-norm bound")
     opt(g, "--epochs", int, "passes over the training slice")
     opt(g, "--patience", int, "early stop after N epochs without a better val loss; 0 = off")
     opt(g, "--time-budget", float, "stop after N seconds of training; 0 = none")
+    opt(g, "--end-on", help="the weights the run ends on and generate/eval use")
     opt(g, "--batch-size", int, "rows per minibatch")
     opt(g, "--num-steps", int, "time steps per row")
-    opt(g, "--sampling", help="sequential | random")
+    opt(g, "--sampling", help="sequential carries the state across batches")
     opt(g, "--seed", int, "seed of initialisation and batch order")
     g = t.add_argument_group("system and output")
-    opt(g, "--device", help="cpu | cuda | cuda:N | auto")
+    opt(g, "--device", help="cpu | cuda | cuda:N | mps | auto")
     g.add_argument("--out", help="run directory (default: runs/latest)")
     g.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR (or in --out) exactly where it stopped")
@@ -87,9 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     opt(g, "--sample-every", int, "print a sample every N epochs, 0 = never")
     g.add_argument("--json", action="store_true", help="JSON lines on stdout, nothing else")
     g.add_argument("--nproc", type=int, default=1,
-                   help="train with N processes on this machine (torchrun; default: 1)")
+                   help="train with N processes on this machine (default: 1)")
     t.set_defaults(func=cmd_train)
 
+
+def _add_generate(sub) -> None:
     s = sub.add_parser("generate", help="print a prefix and what the model writes after it",
                        epilog="example: rnnkit generate runs/latest --prefix 'the time' "
                               "--num-chars 200 --temperature 0.8 --seed 1")
@@ -101,89 +134,189 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-p", type=float, help="nucleus sampling mass, e.g. 0.9")
     s.add_argument("--seed", type=int, help="seed for sampling")
     s.add_argument("--num-samples", type=int, default=1, help="samples, made in one batch")
-    s.add_argument("--weights", default="model.safetensors", help="or best.safetensors")
+    _weights_flag(s)
     s.set_defaults(func=cmd_generate)
 
+
+def _add_eval(sub) -> None:
     e = sub.add_parser("eval", help="perplexity and bits per character of a trained run",
                        epilog="example: rnnkit eval runs/latest --corpus other.txt")
     e.add_argument("run_dir", help="a directory made by 'rnnkit train'")
     e.add_argument("--corpus", help="text to score (default: the run's validation slice)")
     e.add_argument("--split", default="val", choices=["train", "val", "test"],
                    help="which slice of the run's corpus to score (default: val)")
-    e.add_argument("--weights", default="model.safetensors", help="or best.safetensors")
+    _weights_flag(e)
     e.set_defaults(func=cmd_eval)
 
+
+def _weights_flag(p) -> None:
+    p.add_argument("--weights", help="best (the best validation epoch's), last, or a file in "
+                                     "the run directory (default: what the run ended on)")
+
+
+def _corpus_flags(p, *, required: bool) -> None:
+    p.add_argument("--corpus", required=required,
+                   help="UTF-8 text file" + ("" if required else " (default: The Time Machine)"))
+    p.add_argument("--clean", default="d2l", choices=CLEAN_MODES, help="(default: d2l)")
+    p.add_argument("--token", default="char", choices=TOKEN_MODES, help="(default: char)")
+    p.add_argument("--min-freq", type=int, default=0, help="rarer tokens become <unk>")
+
+
+def _add_vocab(sub) -> None:
     v = sub.add_parser("vocab", help="print the token frequency table of a corpus")
-    v.add_argument("--corpus", help="UTF-8 text file (default: The Time Machine)")
-    v.add_argument("--clean", default="d2l", help="d2l | lower | none")
-    v.add_argument("--token", default="char", help="char | word")
-    v.add_argument("--min-freq", type=int, default=0)
+    _corpus_flags(v, required=False)
     v.set_defaults(func=cmd_vocab)
 
+
+def _add_prepare(sub) -> None:
     r = sub.add_parser("prepare", help="encode and cache a corpus ahead of training",
                        epilog="example: rnnkit prepare --corpus enwik8.txt --clean none")
-    r.add_argument("--corpus", required=True, help="UTF-8 text file")
-    r.add_argument("--clean", default="d2l", help="d2l | lower | none (default: d2l)")
-    r.add_argument("--token", default="char", help="char | word (default: char)")
-    r.add_argument("--min-freq", type=int, default=0)
+    _corpus_flags(r, required=True)
     r.set_defaults(func=cmd_prepare)
 
-    b = sub.add_parser("bench", help="side-by-side speed table (see benchmarks/README)")
-    b.add_argument("--quick", action="store_true", help="finish in under a minute")
-    b.add_argument("--json-out", help="also write the JSON result to this file")
-    b.set_defaults(func=cmd_bench)
-    return p
+
+# ---- train --------------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    from .distributed import launch
+    from .perf import keep_freed_memory
+    from .run import train_run
+    given = _given_settings(args)
+    out, resume = _train_target(args)
+    config = None if resume else new_config(given, getattr(args, "preset", "d2l"))
+    if resume and hasattr(args, "preset"):
+        raise UsageError("--preset sets up new runs; a resumed run keeps its settings")
+    if not args.checkpoint_every > 0 or not math.isfinite(args.checkpoint_every):
+        raise UsageError("--checkpoint-every must be a positive number of seconds")
+    if args.nproc < 1:
+        raise UsageError("--nproc must be 1 or more")
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        _check_for_processes(config, out, resume, given, args.nproc, args.force)
+        return launch(args.nproc, _without_nproc(args.argv))
+    keep_freed_memory()
+    train_run(config, out, resume=resume, changes=given, force=args.force, json_lines=args.json,
+              checkpoint_every=args.checkpoint_every)
+    return 0
 
 
-def _launch(nproc: int, argv: list[str]) -> int:
-    """Re-run this command under torchrun with `nproc` processes on this machine."""
-    import subprocess
+def _given_settings(args) -> dict:
+    """The TrainConfig settings given on the command line (not those a preset fills)."""
+    import dataclasses
+    from .config import TrainConfig
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+             if hasattr(args, f.name)}
+    if "prefix" in given:
+        _check_text(given["prefix"], "--prefix")
+    if given.get("corpus") in ("-", "/dev/stdin"):
+        from .config import STDIN
+        from .encode import save_stdin
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UsageError("--corpus - reads standard input, which is a terminal here; pipe "
+                             "a text in, e.g. cat notes.txt | rnnkit train --corpus -")
+        given["corpus_sha1"] = save_stdin(sys.stdin.buffer)
+        given["corpus"] = STDIN
+    return given
+
+
+def _check_text(value: str, flag: str) -> None:
+    if value == "":
+        raise UsageError(f"{flag} must not be empty")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"{flag} is not valid UTF-8 text") from None
+
+
+def _train_target(args) -> tuple[str, bool]:
+    """(run directory, resume?) from --out and --resume [RUN_DIR]."""
+    if args.resume and args.force:
+        raise UsageError("--resume and --force contradict each other; pick one")
+    if isinstance(args.resume, str):
+        if args.out is not None and Path(args.out) != Path(args.resume):
+            raise UsageError(f"--resume {args.resume} and --out {args.out} name different runs; "
+                             "give one of them")
+        return args.resume, True
+    return args.out or "runs/latest", bool(args.resume)
+
+
+def new_config(given: dict, preset: str = "d2l"):
+    """The TrainConfig of a new run: the preset, sized to the corpus for `quality`, under the
+    flags given; an implementation that can run them when none was chosen."""
+    from .config import PRESETS, TrainConfig
+    settings = {**PRESETS[preset], **given}
+    _choose_impl(settings, given)
+    TrainConfig(**settings).validate()           # usage mistakes first, before reading data
+    if preset == "quality":
+        from .recipe import quality_settings
+        tokens, vocab_size = _training_tokens(TrainConfig(**settings))
+        settings = {**PRESETS[preset],
+                    **quality_settings(tokens, vocab_size, settings.get("time_budget", 0.0)),
+                    **given}
+        _choose_impl(settings, given)
+    return TrainConfig(**settings).validate()
+
+
+def _training_tokens(config) -> tuple[int, int]:
+    """(training tokens, vocabulary size) the config's corpus gives (cached for the run)."""
+    from .data import corpus_path, load_corpus, split_corpus
+    ids, vocab = load_corpus(corpus_path(config), config.clean, config.token, config.min_freq)
+    train, _, _ = split_corpus(ids, config.val_fraction, config.max_tokens or -1,
+                               config.test_fraction)
+    return len(train), len(vocab)
+
+
+def _choose_impl(settings: dict, given: dict) -> None:
+    """With no --impl given, run what the flags ask for on the implementation that can."""
+    needs = [flag for flag, on in (
+        (f"--layers {settings.get('layers')}", settings.get("layers", 1) > 1),
+        (f"--dropout {settings.get('dropout')}", settings.get("dropout", 0) > 0),
+        (f"--embed {settings.get('embed')}", settings.get("embed", 0) > 0),
+        ("--tie", settings.get("tie", False)),
+        ("--precision fp16", settings.get("precision") == "fp16"),
+        (f"--precision bf16 with --cell {settings.get('cell')}",
+         settings.get("precision") == "bf16" and settings.get("cell", "rnn") != "rnn"))
+        if on]
+    if needs and "impl" not in given and settings.get("impl", "bptt") != "torch":
+        settings["impl"] = "torch"
+        print(f"rnnkit: note: {', '.join(needs)} runs on torch's layers: using --impl torch "
+              "(the from-scratch cells are one layer on one-hot inputs)", file=sys.stderr)
+
+
+def _check_for_processes(config, out: str, resume: bool, given: dict, nproc: int,
+                         force: bool) -> None:
+    """Catch before any rank starts what would stop every rank at once."""
+    from . import checkpoint as ckpt
+    from .config import STDIN
+    from .run.rundir import check_out_dir
+    if given.get("corpus") == STDIN:
+        raise UsageError("--corpus - cannot feed several processes; save standard input to a "
+                         "file and pass that")
+    check_out_dir(Path(out), resume=resume, force=force)
+    if resume:
+        config = ckpt.load_config_and_vocab(out)[0].for_resume(given)
+    if config.batch_size % nproc:
+        raise UsageError(f"--batch-size {config.batch_size} does not split evenly over "
+                         f"{nproc} processes; pick a multiple of {nproc}")
+    if not resume:
+        _training_tokens(config)                 # the corpus reads (and is cached) once
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line of each rank: this one without --nproc."""
     rest, skip = [], False
-    for a in argv:                       # drop --nproc N / --nproc=N
+    for a in argv:
         if skip:
             skip = False
         elif a == "--nproc":
             skip = True
         elif not a.startswith("--nproc="):
             rest.append(a)
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                            f"--nproc_per_node={nproc}", "-m", "rnnkit", *rest], env=env)
+    return rest
 
 
-def cmd_train(args) -> int:
-    import dataclasses
-    if args.nproc < 1:
-        raise UsageError("--nproc must be 1 or more")
-    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        return _launch(args.nproc, args.argv)
-    from .config import PRESETS, TrainConfig
-    from .perf import keep_freed_memory
-    from .run import train_run
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    given = {k: v for k, v in vars(args).items() if k in fields}
-    if given.get("prefix", None) == "":
-        raise UsageError("--prefix must not be empty")
-    config = TrainConfig(**{**PRESETS[args.preset], **given}).validate()
-    if args.resume and args.force:
-        raise UsageError("--resume and --force contradict each other; pick one")
-    out = args.out or "runs/latest"
-    if isinstance(args.resume, str):
-        if args.out is not None and Path(args.out) != Path(args.resume):
-            raise UsageError(f"--resume {args.resume} and --out {args.out} name different runs; "
-                             "give one of them")
-        out = args.resume
-    if not args.checkpoint_every > 0:
-        raise UsageError("--checkpoint-every must be a positive number of seconds")
-    keep_freed_memory()
-    train_run(config, out, resume=bool(args.resume), force=args.force, json_lines=args.json,
-              checkpoint_every=args.checkpoint_every, resume_epochs=given.get("epochs"))
-    return 0
-
-
+# ---- generate / eval ----------------------------------------------------------------------
 def _check_sampling(args) -> None:
-    if args.prefix is not None and args.prefix == "":
-        raise UsageError("--prefix must not be empty")
+    if args.prefix is not None:
+        _check_text(args.prefix, "--prefix")
     if not 0 <= args.num_chars <= MAX_CHARS:
         raise UsageError(f"--num-chars must be between 0 and {MAX_CHARS:,}")
     if not (args.temperature >= 0 and math.isfinite(args.temperature)):
@@ -192,15 +325,23 @@ def _check_sampling(args) -> None:
         raise UsageError("--top-k must be 1 or more")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise UsageError("--top-p must be in (0, 1]")
-    if not 1 <= args.num_samples <= 4096:
-        raise UsageError("--num-samples must be between 1 and 4096")
+    if not 1 <= args.num_samples <= MAX_SAMPLES:
+        raise UsageError(f"--num-samples must be between 1 and {MAX_SAMPLES}")
+    if args.num_samples * args.num_chars > MAX_GENERATED:
+        raise UsageError(f"--num-samples x --num-chars must be at most {MAX_GENERATED:,}")
+    if args.seed is not None and not 0 <= args.seed < 1 << 63:
+        raise UsageError("--seed must be in [0, 2^63)")
+
+
+def _load(args):
+    from .checkpoint import load_run
+    return load_run(args.run_dir, weights=args.weights)
 
 
 def cmd_generate(args) -> int:
-    from .checkpoint import load_run
     from .generate import generate_ids, prefix_ids
     _check_sampling(args)
-    model, vocab, config = load_run(args.run_dir, weights=args.weights)
+    model, vocab, config = _load(args)
     prefix = config.prefix if args.prefix is None else args.prefix
     ids, unknown = prefix_ids(vocab, prefix, config.token)
     if not ids:
@@ -219,15 +360,14 @@ def cmd_generate(args) -> int:
 
 def cmd_eval(args) -> int:
     import numpy as np
-    from .checkpoint import load_run
-    from .data import load_corpus, split_corpus
+    from .data import corpus_path, load_corpus, split_corpus
     from .train import evaluate
-    model, vocab, config = load_run(args.run_dir, weights=args.weights)
+    model, vocab, config = _load(args)
     if args.corpus:
         ids, _ = load_corpus(args.corpus, config.clean, config.token, vocab=vocab)
         where = args.corpus
     else:
-        ids, _ = load_corpus(config.corpus, config.clean, config.token, vocab=vocab)
+        ids, _ = load_corpus(corpus_path(config), config.clean, config.token, vocab=vocab)
         slices = split_corpus(ids, config.val_fraction, config.max_tokens, config.test_fraction)
         ids = slices[("train", "val", "test").index(args.split)]
         where = f"the {args.split} slice"
@@ -246,29 +386,27 @@ def cmd_eval(args) -> int:
     return 0
 
 
+# ---- vocab / prepare / bench --------------------------------------------------------------
+def _check_min_freq(args) -> None:
+    if not 0 <= args.min_freq < 1 << 62:
+        raise UsageError("--min-freq must be 0 or more")
+
+
 def cmd_vocab(args) -> int:
     from .data import load_corpus
-    _check_corpus_settings(args)
+    _check_min_freq(args)
     ids, vocab = load_corpus(args.corpus, args.clean, args.token, args.min_freq)
     print(f"# {len(ids):,} tokens, vocabulary of {len(vocab)} (with <unk>)")
+    counts = dict(vocab.token_freqs)
     for i, tok in enumerate(vocab.idx_to_token):
-        count = dict(vocab.token_freqs).get(tok, 0)
-        print(f"{i}\t{json.dumps(tok, ensure_ascii=False)}\t{count}")
+        print(f"{i}\t{json.dumps(tok, ensure_ascii=False)}\t{counts.get(tok, 0)}")
     return 0
-
-
-def _check_corpus_settings(args) -> None:
-    if args.min_freq < 0:
-        raise UsageError("--min-freq must be 0 or more")
-    for name, allowed in (("clean", ("d2l", "lower", "none")), ("token", ("char", "word"))):
-        if getattr(args, name) not in allowed:
-            raise UsageError(f"--{name} must be one of {', '.join(allowed)}")
 
 
 def cmd_prepare(args) -> int:
     import time
     from .encode import count_characters, prepare
-    _check_corpus_settings(args)
+    _check_min_freq(args)
     start = time.perf_counter()
     ids, vocab, path = prepare(args.corpus, args.clean, args.token, args.min_freq)
     seconds = time.perf_counter() - start
@@ -283,12 +421,21 @@ def cmd_prepare(args) -> int:
 
 def cmd_bench(args) -> int:
     from .bench import main as bench_main
+    if args.json_out is not None:        # refuse a path the result could not be written to
+        target = Path(args.json_out)
+        parent = target.parent if str(target.parent) else Path(".")
+        if target.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK) or (
+                target.exists() and not os.access(target, os.W_OK)):
+            raise UsageError(f"--json-out {args.json_out}: cannot write a file there")
     return bench_main(quick=args.quick, json_out=args.json_out)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    for stream in (sys.stdout, sys.stderr):  # a path that is not UTF-8 prints, escaped
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         args = build_parser().parse_args(argv)
         args.argv = argv
@@ -299,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rnnkit: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, UsageError) else 1
     except Interrupted as e:
-        if os.environ.get("RANK", "0") != "0":   # under torchrun, rank 0 speaks for all
+        if os.environ.get("RANK", "0") != "0":   # under several processes, rank 0 speaks
             return e.code
         print(f"rnnkit: error: training stopped at {e.where}; checkpoint saved — continue with "
               f"'rnnkit train --resume --out {e.out}'", file=sys.stderr)

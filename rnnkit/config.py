@@ -7,15 +7,29 @@ from dataclasses import dataclass
 
 from .errors import UsageError as RnnkitError
 
+BOOK_PREFIX = "time traveller"      # the chapter's sample prefix
+BOOK_MAX_TOKENS = 10_000            # the chapter trains on the book's first 10,000 characters
+CHOICES = {"clean": ("d2l", "lower", "none"), "token": ("char", "word"),
+           "cell": ("rnn", "gru", "lstm"), "impl": ("bptt", "autograd", "torch"),
+           "precision": ("fp32", "bf16", "fp16"), "sampling": ("sequential", "random"),
+           "optimizer": ("sgd", "adam", "adamw"), "schedule": ("constant", "cosine", "plateau"),
+           "end_on": ("best", "last")}
+# What a resumed run may change: how long it goes on, where it runs, what it prints. Everything
+# else decides what the weights become, so a resumed run keeps it.
+RESUMABLE = ("epochs", "time_budget", "patience", "device", "sample_every", "prefix")
+STDIN = "<stdin>"                   # `corpus` of a run read from standard input
+
 
 @dataclass
 class TrainConfig:
     # data
     corpus: str | None = None      # UTF-8 text file to train on; None = bundled The Time Machine
+    corpus_sha1: str | None = None  # with corpus "<stdin>": the sha1 of the text read (cached)
     clean: str = "d2l"             # d2l (letters + space, lower case) | lower | none (keep all)
     token: str = "char"            # char | word
     min_freq: int = 0              # tokens rarer than this map to <unk>
-    max_tokens: int = 10000        # first N tokens of the training slice; -1 = all (book: 10,000)
+    max_tokens: int | None = None  # first N tokens of the training slice; -1 = all;
+                                   # None: 10,000 for the bundled book (the chapter), all of a file
     val_fraction: float = 0.1      # fraction held out for validation (before the test slice)
     test_fraction: float = 0.0     # last fraction of the corpus, held out for testing
     # model
@@ -42,22 +56,21 @@ class TrainConfig:
     time_budget: float = 0.0       # stop after this many seconds of training; 0 = no limit
     sampling: str = "sequential"   # sequential (state carried) | random (state reset per batch)
     seed: int = 0                  # seeds initialisation and batch order
+    end_on: str | None = None      # the weights a run ends on: best (validation) | last;
+                                   # None: last for the bundled book (as the chapter), else best
     # system and reporting
     device: str = "cpu"            # cpu | cuda | cuda:N | mps | auto (CUDA when present)
-    prefix: str = "time traveller"  # prefix of the samples printed while training
+    prefix: str | None = None      # prefix of the samples printed while training; None: the
+                                   # chapter's for the book, else the training slice's first words
     sample_every: int = 10         # print a sample every N epochs (0 = never)
 
     def validate(self) -> "TrainConfig":
         """Raise RnnkitError naming the first setting that is out of range."""
-        choices = {"clean": ("d2l", "lower", "none"), "token": ("char", "word"),
-                   "cell": ("rnn", "gru", "lstm"), "impl": ("bptt", "autograd", "torch"),
-                   "precision": ("fp32", "bf16", "fp16"), "sampling": ("sequential", "random"),
-                   "optimizer": ("sgd", "adam", "adamw"),
-                   "schedule": ("constant", "cosine", "plateau")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed and not (name == "end_on" and value is None):
                 raise RnnkitError(f"--{name.replace('_', '-')} must be one of "
-                                  f"{', '.join(allowed)}, not {getattr(self, name)!r}")
+                                  f"{', '.join(allowed)}, not {value!r}")
         for name in ("hidden", "batch_size", "num_steps"):
             if getattr(self, name) <= 0:
                 raise RnnkitError(f"--{name.replace('_', '-')} must be positive")
@@ -74,17 +87,46 @@ class TrainConfig:
         if self.layers < 1 or self.embed < 0 or not 0 <= self.dropout < 1:
             raise RnnkitError("--layers must be 1 or more, --embed 0 or more, --dropout in [0, 1)")
         if (self.layers > 1 or self.dropout > 0 or self.embed > 0) and self.impl != "torch":
-            raise RnnkitError("--layers, --dropout and --embed run with --impl torch")
+            raise RnnkitError(f"--impl {self.impl} cannot run --layers, --dropout or --embed "
+                              "(the from-scratch cells are one layer on one-hot inputs); use "
+                              "--impl torch, or leave --impl out and rnnkit picks it")
         if self.tie and self.embed != self.hidden:
             raise RnnkitError("--tie needs --embed equal to --hidden")
         if self.weight_decay < 0 or self.warmup < 0 or self.patience < 0:
             raise RnnkitError("--weight-decay, --warmup and --patience must be 0 or more")
         if not (self.time_budget >= 0 and math.isfinite(self.time_budget)):
             raise RnnkitError("--time-budget must be 0 (none) or a number of seconds")
-        if self.hidden > 65536 or self.batch_size > 1 << 20 or self.num_steps > 1 << 20:
-            raise RnnkitError("--hidden, --batch-size or --num-steps is absurdly large")
         if self.min_freq < 0 or self.sample_every < 0:
             raise RnnkitError("--min-freq and --sample-every must be 0 or more")
+        if self.max_tokens is not None and (self.max_tokens == 0 or self.max_tokens < -1):
+            raise RnnkitError("--max-tokens must be a positive number of tokens or -1 (all)")
+        if not 0 <= self.seed < 1 << 63:
+            raise RnnkitError("--seed must be in [0, 2^63)")
+        if self.prefix is not None and not 0 < len(self.prefix) <= 10_000:
+            raise RnnkitError("--prefix must hold 1 to 10,000 characters")
+        self._check_sizes()
+        self._check_precision()
+        return self
+
+    def _check_sizes(self) -> None:
+        """Bound every size, so that no command line or config.json asks for absurd memory."""
+        limits = {"hidden": 1 << 16, "batch_size": 1 << 20, "num_steps": 1 << 20,
+                  "embed": 1 << 16, "layers": 64, "epochs": 10 ** 9, "warmup": 10 ** 9,
+                  "patience": 10 ** 9, "sample_every": 10 ** 9, "min_freq": 1 << 62,
+                  "max_tokens": 1 << 62}
+        for name, limit in limits.items():
+            if (getattr(self, name) or 0) > limit:
+                raise RnnkitError(f"--{name.replace('_', '-')} is absurdly large (at most "
+                                  f"{limit:,})")
+        if self.batch_size * self.num_steps > 1 << 24:
+            raise RnnkitError("--batch-size x --num-steps is absurdly large (at most 16,777,216 "
+                              "tokens a batch)")
+        if self.time_budget > 10 ** 9:
+            raise RnnkitError("--time-budget is absurdly large")
+        from .models import check_size
+        check_size(1, self)           # the weights that do not depend on the vocabulary
+
+    def _check_precision(self) -> None:
         if self.precision == "fp16" and not self.device.startswith("cuda"):
             raise RnnkitError("--precision fp16 needs --device cuda (use bf16 on a CPU)")
         if self.precision == "fp16" and self.impl == "bptt":
@@ -92,7 +134,15 @@ class TrainConfig:
         if self.cell != "rnn" and self.impl == "bptt" and self.precision == "bf16":
             raise RnnkitError("--precision bf16 with --impl bptt is for --cell rnn; use "
                               "--impl torch for bf16 gated cells")
-        return self
+
+    def resolved(self, corpus_prefix: str) -> "TrainConfig":
+        """A copy with every `None = automatic` setting made concrete: what config.json holds.
+        `corpus_prefix`: the first words of the training slice (the default sample prefix)."""
+        book = self.corpus is None
+        return dataclasses.replace(
+            self, max_tokens=self.max_tokens or (BOOK_MAX_TOKENS if book else -1),
+            end_on=self.end_on or ("last" if book else "best"),
+            prefix=self.prefix or (BOOK_PREFIX if book else corpus_prefix))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -106,27 +156,37 @@ class TrainConfig:
         unknown = set(d) - set(fields)
         if unknown:
             raise RnnkitError(f"config has unknown keys: {', '.join(sorted(unknown))}")
-        defaults = cls()
         for name, value in d.items():
-            want = type(getattr(defaults, name))
-            if name == "corpus":
-                ok = value is None or isinstance(value, str)
-            elif want is float:
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            else:
-                ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+            kind = fields[name].type.replace(" | None", "")
+            ok = (value is None and "None" in fields[name].type) or {
+                "str": isinstance(value, str),
+                "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+                "int": isinstance(value, int) and not isinstance(value, bool),
+                "bool": isinstance(value, bool)}[kind]
             if not ok:
                 raise RnnkitError(f"config value {name}={value!r} has the wrong type")
-        return cls(**{**defaults.to_dict(), **d}).validate()
+        return cls(**{**cls().to_dict(), **d}).validate()
+
+    def for_resume(self, changes: dict) -> "TrainConfig":
+        """This (saved) config with the settings a resumed run may change; refuses any other
+        setting that differs from the saved one, rather than silently ignoring it."""
+        for name, value in changes.items():
+            if name not in RESUMABLE and getattr(self, name) != value:
+                raise RnnkitError(
+                    f"--{name.replace('_', '-')} {value} contradicts the run's saved "
+                    f"{getattr(self, name)}; a resumed run keeps its settings (it may change "
+                    f"only {', '.join('--' + n.replace('_', '-') for n in RESUMABLE)}) — start "
+                    "a new run to change it")
+        return dataclasses.replace(self, **changes).validate()
 
 
-# Named bundles of settings (`--preset`); explicit flags override them.
+# Named bundles of settings (`--preset`); explicit flags override them. `quality` also gets
+# its sizes (width, dropout, window, batch...) from the corpus and the time budget: recipe.py.
 PRESETS: dict[str, dict] = {
     # the chapter's run, exactly (the defaults above)
     "d2l": {},
-    # tuned for the best validation loss per minute of a 2-core CPU on any text (see README)
+    # the best validation loss per minute of a 2-core CPU on the user's own text (see README)
     "quality": dict(clean="none", max_tokens=-1, val_fraction=0.1, cell="lstm", impl="torch",
-                    hidden=512, embed=64, dropout=0.0, optimizer="adamw", lr=3e-3,
-                    weight_decay=0.01, warmup=50, schedule="cosine", clip=1.0, epochs=1000,
-                    batch_size=64, num_steps=100, sample_every=0),
+                    optimizer="adamw", lr=3e-3, warmup=50, schedule="cosine", clip=1.0,
+                    epochs=1000, sample_every=0, end_on="best"),
 }

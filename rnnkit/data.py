@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .encode import prepare, read_corpus  # noqa: F401  (read_corpus: part of this API)
+from .config import STDIN
+from .encode import prepare, read_corpus, stdin_copy  # noqa: F401  (read_corpus: this API's)
 from .errors import RnnkitError
 from .text import Vocab, text_to_ids
 
@@ -54,6 +55,18 @@ def download(url: str, sha1: str, cache_dir: str | os.PathLike) -> Path:
         f.write(data)
     os.replace(f.name, target)
     return target
+
+
+def corpus_path(config) -> Path | None:
+    """The file a config's corpus is read from: None for the bundled book; for a corpus read
+    from standard input, the copy `rnnkit train --corpus -` kept in the cache."""
+    if config.corpus != STDIN:
+        return None if config.corpus is None else Path(config.corpus)
+    path = stdin_copy(config.corpus_sha1 or "")
+    if not path.is_file():
+        raise RnnkitError(f"the run's corpus was standard input, and its copy ({path}) is no "
+                          "longer in the cache; pass the text again with --corpus FILE")
+    return path
 
 
 def load_corpus(path: str | os.PathLike | None = None, clean: str = "d2l", token: str = "char",

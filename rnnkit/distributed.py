@@ -6,6 +6,11 @@ which then do nothing.
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 
 import torch
 import torch.distributed as dist
@@ -85,3 +90,45 @@ class Team:
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(nproc: int, argv: list[str], grace: float = 30.0) -> int:
+    """Run `rnnkit <argv>` as `nproc` ranks on this machine (what `torchrun --standalone`
+    does), forwarding SIGINT / SIGTERM to every rank so that they save and stop together.
+
+    Returns rank 0's exit status (the first failure's if rank 0 succeeded). When a rank fails,
+    the others would wait for it forever in a collective: they get SIGTERM, then SIGKILL."""
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+           "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    ranks = [subprocess.Popen([sys.executable, "-m", "rnnkit", *argv],
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})
+             for r in range(nproc)]
+
+    def forward(signum, frame):
+        for p in ranks:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        failed_at = None
+        while any(p.poll() is None for p in ranks):
+            if failed_at is None and any(p.returncode not in (None, 0) for p in ranks):
+                failed_at = time.monotonic()
+                forward(signal.SIGTERM, None)
+            if failed_at is not None and time.monotonic() - failed_at > grace:
+                for p in ranks:
+                    p.kill()
+            time.sleep(0.05)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    codes = [128 - c if c < 0 else c for c in (p.returncode for p in ranks)]  # -15 → 143
+    return codes[0] or next((c for c in codes if c), 0)

@@ -216,6 +216,32 @@ def file_sha1(path: Path) -> str:
     return h.hexdigest()
 
 
+def stdin_copy(sha1: str) -> Path:
+    """Where the text of `rnnkit train --corpus -` is kept, by its sha1."""
+    return cache_dir() / f"stdin-{sha1}.txt"
+
+
+def save_stdin(stream) -> str:
+    """Read standard input once into the cache (so every later step reads a file); its sha1."""
+    root = cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    h = hashlib.sha1()
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=".stdin.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            while block := stream.read(CHUNK):
+                h.update(block)
+                f.write(block)
+            if f.tell() == 0:
+                raise RnnkitError("standard input is empty; pipe a text in, e.g. "
+                                  "cat notes.txt | rnnkit train --corpus -")
+        os.replace(tmp, stdin_copy(h.hexdigest()))
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return h.hexdigest()
+
+
 def _crc32(path: Path) -> int:
     crc = 0
     with open(path, "rb") as f:

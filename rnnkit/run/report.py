@@ -10,6 +10,10 @@ from typing import Callable
 
 from tqdm import tqdm
 
+from ..config import STDIN
+from ..encode import count_characters
+from .setup import Run, seconds_per_epoch
+
 
 def plot_perplexity(path: Path, metrics: list[dict]) -> None:
     """Training and validation perplexity per epoch (log scale), written atomically."""
@@ -87,6 +91,46 @@ class Reporter:
         print(f"perplexity {ppl}, {summary['tokens_per_s']:.1f} tokens/sec on "
               f"{summary['device']}", file=self.stdout)
         if summary["val_ppl"] is not None:
-            print(f"validation perplexity {summary['val_ppl']:.1f}", file=self.stdout)
+            ended = ""
+            if "last_val_ppl" in summary and summary["best_epoch"] != len(metrics):
+                ended = (f" (best, epoch {summary['best_epoch']} of {len(metrics)}: the run ends "
+                         f"on those weights; the last epoch's: {summary['last_val_ppl']:.1f})")
+            print(f"validation perplexity {summary['val_ppl']:.1f}{ended}", file=self.stdout)
         for s in summary["samples"]:
             print(s, file=self.stdout)
+
+
+def describe(run: Run) -> list[str]:
+    """The first lines of a run: what it will train on, what, where and for how long."""
+    c, vocab = run.config, run.vocab
+    if c.corpus is None:
+        corpus = "The Time Machine (bundled with rnnkit)"
+    elif c.corpus == STDIN:
+        corpus = f"standard input (sha1 {c.corpus_sha1[:12]}…, kept in the cache)"
+    else:
+        corpus = f"{c.corpus} ({count_characters(Path(c.corpus)):,} characters)"
+    capped = f" (the first {c.max_tokens:,})" if c.max_tokens > 0 else ""
+    kind = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}[c.cell]
+    impl = {"bptt": "from scratch, hand-derived BPTT", "autograd": "from scratch, autograd",
+            "torch": f"torch.nn.{kind}"}[c.impl]
+    extras = "".join([f", {c.layers} layers" if c.layers > 1 else "",
+                      f", embedding {c.embed}" if c.embed else ", one-hot inputs",
+                      f", dropout {c.dropout}" if c.dropout else "", ", tied" if c.tie else ""])
+    params = sum(p.numel() for p in run.model.parameters())
+    batches = max(1, (len(run.train_ids) - 1) // (c.batch_size * c.num_steps))
+    until = f"{c.epochs} epochs" + (f" or {c.time_budget:g} s" if c.time_budget else "") + \
+        (f", early stop after {c.patience} without a better validation" if c.patience else "")
+    return [
+        f"corpus      {corpus}: {run.corpus_tokens:,} {c.token} tokens after --clean "
+        f"{c.clean}, vocabulary {len(vocab):,}",
+        f"slices      train {len(run.train_ids):,}{capped} · validation {len(run.val_ids):,} · "
+        f"test {len(run.test_ids):,} tokens",
+        f"model       {kind} ({impl}), {c.hidden} hidden{extras}: {params:,} parameters",
+        f"device      {run.team.device}, {c.precision}" + (
+            f", {run.team.world} processes" if run.team.world > 1 else ""),
+        f"training    {until}; {batches:,} batches of {c.batch_size} x {c.num_steps} an "
+        f"epoch, ≈ {seconds_per_epoch(run):.2f} s an epoch (2 batches timed)",
+        f"samples     from {c.prefix!r}" + (f" every {c.sample_every} epochs"
+                                            if c.sample_every else " at the end") +
+        f"; the run ends on its {c.end_on} weights",
+    ]

@@ -18,21 +18,29 @@ from .loop import fit
 from .policies import CheckpointCadence, LearningRate, Stopping
 from .report import Reporter
 from .rundir import Checkpointer, RunDirectory, check_out_dir
+from .report import describe
 from .setup import Run, resolve_device, setup_run
 from .state import RunState, load_state
 
 
-def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, force: bool = False,
-              json_lines: bool = False, checkpoint_every: float = 300.0,
-              resume_epochs: int | None = None, stdout=None) -> dict:
+def train_run(config: TrainConfig | None, out: str | Path, *, resume: bool = False,
+              changes: dict | None = None, force: bool = False, json_lines: bool = False,
+              checkpoint_every: float = 300.0, stdout=None) -> dict:
     """Train as `config` says, writing the run to `out`; returns the summary dict.
-    With `resume`, the run's saved config is used, its epochs raised to `resume_epochs`."""
+    With `resume`, the run in `out` goes on with its saved config, with `changes` to what a
+    resumed run may change (more epochs, a longer time budget; see `TrainConfig.for_resume`)."""
+    out = Path(out)
+    check_out_dir(out, resume=resume, force=force)
+    vocab = None
+    if resume:
+        saved, vocab = ckpt.load_config_and_vocab(out)
+        config = saved.for_resume(changes or {})
     config.validate()
     team = Team.from_env(resolve_device(config.device))
     try:
-        summary = _train(config, Path(out), team, resume=resume, force=force,
+        summary = _train(config, out, team, vocab, resume=resume, force=force,
                          json_lines=json_lines, checkpoint_every=checkpoint_every,
-                         resume_epochs=resume_epochs, stdout=stdout or sys.stdout)
+                         stdout=stdout or sys.stdout)
         team.barrier()  # rank 0 writes the summary last: leave together, not mid-shutdown
         return summary
     except Interrupted:
@@ -42,27 +50,25 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, for
         team.close()
 
 
-def _train(config: TrainConfig, out: Path, team: Team, *, resume: bool, force: bool,
-           json_lines: bool, checkpoint_every: float, resume_epochs: int | None, stdout) -> dict:
-    check_out_dir(out, resume=resume, force=force)
-    team.barrier()  # every rank has looked before rank 0 writes
-    vocab = None
-    if resume:
-        saved, vocab = ckpt.load_config_and_vocab(out)
-        config = TrainConfig.from_dict({**saved.to_dict(),
-                                        "epochs": resume_epochs or saved.epochs})
+def _train(config: TrainConfig, out: Path, team: Team, vocab, *, resume: bool, force: bool,
+           json_lines: bool, checkpoint_every: float, stdout) -> dict:
     run = setup_run(config, team, vocab)
-    torch.manual_seed(config.seed)  # dropout draws from the global generator (checkpointed)
+    header = describe(run) if team.main and not json_lines else []  # times two batches (on a
+    torch.manual_seed(config.seed)     # copy, RNG forked); dropout draws from the global RNG
+    torch.manual_seed(config.seed)     # dropout draws from the global generator (checkpointed)
     rundir = RunDirectory(out)
     try:
         state, checkpoints = _open_run(run, rundir, resume=resume, force=force)
-        report = Reporter(checkpoints.out, epochs=config.epochs,
-                          sample_every=config.sample_every, samples=lambda: samples(run),
+        report = Reporter(checkpoints.out, epochs=run.config.epochs,
+                          sample_every=run.config.sample_every, samples=lambda: samples(run),
                           json_lines=json_lines, stdout=stdout, active=team.main)
+        for line in header + ([f"resumed     at epoch {state.epoch + 1}, batch "
+                                      f"{state.batch + 1}"] if resume else []):
+            report.line(line)
         report.start(state.metrics)
         try:
-            with Stopping(config, len(run.vocab)) as stopping:
-                fit(run, state, rate=LearningRate(config), stopping=stopping,
+            with Stopping(run.config, len(run.vocab)) as stopping:
+                fit(run, state, rate=LearningRate(run.config), stopping=stopping,
                     cadence=CheckpointCadence(checkpoint_every), checkpoints=checkpoints,
                     report=report)
         finally:
@@ -92,6 +98,8 @@ def _open_run(run: Run, rundir: RunDirectory, *, resume: bool,
             state.metrics = state.metrics[:state.epoch]
             if state.rng is not None:
                 torch.set_rng_state(state.rng)
+            if team.main:                  # config.json says how the run goes on from here
+                ckpt.save_run_metadata(rundir.out, run.config, run.vocab)
             return state, Checkpointer(rundir.out, run, has_checkpoint=True)
         state = RunState()
         checkpoints = Checkpointer(rundir.out, run, has_checkpoint=False)
@@ -121,15 +129,22 @@ def samples(run: Run) -> list[str]:
 
 
 def summarize(run: Run, state: RunState, out: Path) -> dict:
-    """The closing report: the last epoch's figures, the best validation, test perplexity."""
+    """The closing report. A run that ends on its best epoch switches to those weights first
+    (they are what generate and eval use), so its samples and figures are theirs."""
     c = run.config
     final = state.metrics[-1] if state.metrics else {"train_ppl": None, "val_ppl": None,
                                                      "tokens_per_s": 0.0}
     summary = {"train_ppl": final["train_ppl"], "val_ppl": final["val_ppl"],
                "tokens_per_s": final["tokens_per_s"], "device": str(run.team.device),
-               "out": str(out), "samples": samples(run)}
+               "out": str(out), "end_on": c.end_on}
     if state.best_val_ppl is not None:
         summary["best_val_ppl"] = state.best_val_ppl
+        summary["best_epoch"] = min(state.metrics, key=lambda m: m["val_ppl"])["epoch"]
+        if c.end_on == "best" and (out / "best.safetensors").exists():
+            path = out / "best.safetensors"
+            ckpt.load_weights_into(run.model, ckpt.read_checkpoint(path)[0], path)
+            summary["last_val_ppl"], summary["val_ppl"] = final["val_ppl"], state.best_val_ppl
+    summary["samples"] = samples(run)
     if len(run.test_ids):
         usable = eval_rows(len(run.test_ids), c.batch_size, c.num_steps) >= 1
         summary["test_ppl"] = perplexity(*evaluate(

@@ -1,0 +1,48 @@
+"""`--preset quality`, sized to the data: an LSTM whose width, dropout, weight decay, window and
+batch follow from the training tokens, the vocabulary and the time budget.
+
+The rule (char-rnn's guidance, measured on this project's 2-core CPU, see README "Quality"):
+  1. Capacity follows the data: the widest LSTM whose parameter count stays within
+     PARAMS_PER_TOKEN x the training tokens. More parameters than tokens overfit unless dropout
+     regularises them, which is what step 3 does.
+  2. Time caps capacity: the model must see the training slice at least MIN_EPOCHS times in the
+     budget, at the speed a width is expected to run (FLOP count x a measured rate).
+  3. Regularise by the excess: dropout grows with log2(parameters / tokens); weight decay too.
+  4. Small corpora get shorter batches (more updates per epoch); early stopping is always on,
+     and the run ends on its best validation epoch.
+"""
+from __future__ import annotations
+
+import math
+
+WIDTHS = (64, 128, 192, 256, 384, 512, 768, 1024)
+EMBED = 64
+PARAMS_PER_TOKEN = 6.0      # step 1: parameters allowed per training token (dropout covers it)
+MIN_EPOCHS = 2.5            # step 2: passes over the training slice the budget must allow
+FLOPS_PER_SECOND = 2.2e11   # step 2: training rate of torch's fused LSTM here (H=512: 34.5k tok/s)
+MAX_DROPOUT = 0.5
+
+
+def lstm_parameters(hidden: int, vocab_size: int, embed: int = EMBED) -> int:
+    """Embedding, one LSTM layer and the output layer."""
+    return vocab_size * embed + 4 * hidden * (embed + hidden + 2) + hidden * vocab_size + vocab_size
+
+
+def tokens_per_second(hidden: int, vocab_size: int, embed: int = EMBED) -> float:
+    """Expected training speed: forward + backward ≈ 6 FLOPs per weight per token."""
+    return FLOPS_PER_SECOND / (6 * lstm_parameters(hidden, vocab_size, embed))
+
+
+def quality_settings(train_tokens: int, vocab_size: int, time_budget: float) -> dict:
+    """The sized part of `--preset quality` (see the module docstring for the rule)."""
+    fits_data = [h for h in WIDTHS
+                 if lstm_parameters(h, vocab_size) <= PARAMS_PER_TOKEN * train_tokens]
+    fits_time = [h for h in WIDTHS if not time_budget
+                 or tokens_per_second(h, vocab_size) * time_budget >= MIN_EPOCHS * train_tokens]
+    hidden = min(max(fits_data, default=WIDTHS[0]), max(fits_time, default=WIDTHS[0]))
+    excess = math.log2(max(lstm_parameters(hidden, vocab_size) / train_tokens, 1.0))
+    dropout = round(min(MAX_DROPOUT, 0.1 + 0.1 * excess), 2)
+    batch_size = 64 if train_tokens >= 500_000 else 32
+    return {"hidden": hidden, "embed": EMBED, "dropout": dropout,
+            "weight_decay": 0.1 if excess > 2 else 0.01, "batch_size": batch_size,
+            "num_steps": 100, "patience": 5}
