@@ -251,8 +251,11 @@ def new_config(given: dict, preset: str = "d2l"):
         settings = {**PRESETS[preset],
                     **quality_settings(tokens, vocab_size, settings.get("time_budget", 0.0)),
                     **given}
-        _choose_impl(settings, given)
-    return TrainConfig(**settings).validate()
+    note = _choose_impl(settings, given)
+    config = TrainConfig(**settings).validate()
+    if note:
+        print(f"rnnkit: note: {note}", file=sys.stderr)
+    return config
 
 
 def _training_tokens(config) -> tuple[int, int]:
@@ -264,8 +267,9 @@ def _training_tokens(config) -> tuple[int, int]:
     return len(train), len(vocab)
 
 
-def _choose_impl(settings: dict, given: dict) -> None:
-    """With no --impl given, run what the flags ask for on the implementation that can."""
+def _choose_impl(settings: dict, given: dict) -> str | None:
+    """With no --impl given, run what the flags ask for on the implementation that can;
+    returns the line that says so."""
     needs = [flag for flag, on in (
         (f"--layers {settings.get('layers')}", settings.get("layers", 1) > 1),
         (f"--dropout {settings.get('dropout')}", settings.get("dropout", 0) > 0),
@@ -277,8 +281,9 @@ def _choose_impl(settings: dict, given: dict) -> None:
         if on]
     if needs and "impl" not in given and settings.get("impl", "bptt") != "torch":
         settings["impl"] = "torch"
-        print(f"rnnkit: note: {', '.join(needs)} runs on torch's layers: using --impl torch "
-              "(the from-scratch cells are one layer on one-hot inputs)", file=sys.stderr)
+        return (f"{', '.join(needs)} runs on torch's layers: using --impl torch (the "
+                "from-scratch cells are one layer on one-hot inputs)")
+    return None
 
 
 def _check_for_processes(config, out: str, resume: bool, given: dict, nproc: int,

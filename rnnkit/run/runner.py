@@ -14,7 +14,7 @@ from ..distributed import Team
 from ..errors import Interrupted, RnnkitError
 from ..generate import predict
 from ..train import eval_rows, evaluate, perplexity
-from .loop import fit
+from .loop import epoch_batches, fit
 from .policies import CheckpointCadence, LearningRate, Stopping
 from .report import Reporter
 from .rundir import Checkpointer, RunDirectory, check_out_dir
@@ -92,7 +92,12 @@ def _open_run(run: Run, rundir: RunDirectory, *, resume: bool,
             rundir.claim()
             check_out_dir(rundir.out, resume=resume, force=force)  # again, now that it is ours
         if resume:
-            state = load_state(rundir.out / "model.safetensors", run.model, run.optimizer)
+            full = [tuple(s.shape) for s in run.model.begin_state(run.config.batch_size, "meta")]
+            state = load_state(rundir.out / "model.safetensors", run.model, run.optimizer, full)
+            if state.epoch < run.config.epochs and state.batch >= len(epoch_batches(run, state.epoch)):
+                raise RnnkitError(f"{rundir.out / 'model.safetensors'}: its training state "
+                                  f"(batch {state.batch} of epoch {state.epoch + 1}) does not "
+                                  "fit the run")
             carried = state.carried and tuple(s.to(team.device) for s in state.carried)
             state.carried = team.own_rows(carried, run.config.batch_size)
             state.metrics = state.metrics[:state.epoch]

@@ -57,10 +57,12 @@ def save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
     ckpt.save_checkpoint(path, model, info, tensors)
 
 
-def load_state(path: Path, model: torch.nn.Module,
-               optimizer: torch.optim.Optimizer) -> RunState:
-    """Restore weights and optimizer from a checkpoint written by `save_state`; its state."""
-    weights, info, tensors = ckpt.read_checkpoint(path)
+def load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               carried_shapes: list[tuple]) -> RunState:
+    """Restore weights and optimizer from a checkpoint written by `save_state`; its state.
+    Every field and tensor is checked first: a tampered checkpoint is refused, not trained on.
+    `carried_shapes`: the shapes of a full batch's hidden state."""
+    weights, info, tensors = ckpt.read_checkpoint(path, ckpt.expected_shapes(model))
     ckpt.load_weights_into(model, weights, path)
     if not isinstance(info, dict):
         raise RnnkitError(f"{path} holds no training state to resume from")
@@ -70,15 +72,33 @@ def load_state(path: Path, model: torch.nn.Module,
         if name not in info:
             raise RnnkitError(f"{path}: training state field '{name}' is missing")
         values[name] = _checked(name, info[name], f.default, path)
+    _restore_optimizer(optimizer, tensors, path)
+    carried = tuple(tensors.get(f"state.{i}") for i in range(len(carried_shapes)))
+    if values["batch"] > 0 and "state.0" in tensors:
+        if [tuple(t.shape) if t is not None else None for t in carried] != carried_shapes:
+            raise RnnkitError(f"{path}: the saved hidden state does not fit the run")
+    elif values["batch"] > 0 and values["epoch_tokens"] == 0:
+        raise RnnkitError(f"{path}: training state is inconsistent (a batch but no tokens)")
+    rng = tensors.get("rng")
+    if rng is not None and (rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape):
+        raise RnnkitError(f"{path}: the saved random generator state is invalid")
+    return RunState(**values, carried=carried if "state.0" in tensors else None, rng=rng)
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, path: Path) -> None:
+    """Optimizer buffers `opt.<param index>.<name>`, each the shape of its parameter."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     sd = optimizer.state_dict()
     for key, value in tensors.items():
-        if key.startswith("opt."):
-            _, i, name = key.split(".", 2)
-            sd["state"].setdefault(int(i), {})[name] = value
+        if not key.startswith("opt."):
+            continue
+        _, i, name = key.split(".", 2)
+        ok = i.isdigit() and int(i) < len(params) and (
+            value.numel() == 1 if name == "step" else value.shape == params[int(i)].shape)
+        if not ok or not torch.isfinite(value).all():
+            raise RnnkitError(f"{path}: optimizer state {key} does not fit the model")
+        sd["state"].setdefault(int(i), {})[name] = value
     optimizer.load_state_dict(sd)
-    carried = tuple(tensors[f"state.{i}"] for i in range(sum(k.startswith("state.")
-                                                               for k in tensors))) or None
-    return RunState(**values, carried=carried, rng=tensors.get("rng"))
 
 
 def _checked(name: str, value, default, path: Path):
@@ -86,7 +106,7 @@ def _checked(name: str, value, default, path: Path):
     if name == "best_val_ppl":
         ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
     elif name == "metrics":
-        ok = isinstance(value, list) and all(isinstance(m, dict) for m in value)
+        ok = isinstance(value, list) and all(_is_record(m) for m in value)
     elif isinstance(default, float):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
     else:
@@ -94,3 +114,13 @@ def _checked(name: str, value, default, path: Path):
     if not ok:
         raise RnnkitError(f"{path}: training state field '{name}' is invalid ({value!r})")
     return value
+
+
+def _is_record(m) -> bool:
+    """One line of metrics.jsonl: {"epoch": int, "train_ppl": float, "val_ppl": float | None,
+    "tokens_per_s": float}."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return (isinstance(m, dict) and isinstance(m.get("epoch"), int) and number(m.get("train_ppl"))
+            and (m.get("val_ppl") is None or number(m.get("val_ppl")))
+            and number(m.get("tokens_per_s")))
