@@ -243,7 +243,7 @@ def new_config(given: dict, preset: str = "d2l"):
     flags given; an implementation that can run them when none was chosen."""
     from .config import PRESETS, TrainConfig
     settings = {**PRESETS[preset], **given}
-    _choose_impl(settings, given)
+    note = _choose_impl(settings, given)
     TrainConfig(**settings).validate()           # usage mistakes first, before reading data
     if preset == "quality":
         from .recipe import quality_settings
@@ -251,7 +251,7 @@ def new_config(given: dict, preset: str = "d2l"):
         settings = {**PRESETS[preset],
                     **quality_settings(tokens, vocab_size, settings.get("time_budget", 0.0)),
                     **given}
-    note = _choose_impl(settings, given)
+        note = _choose_impl(settings, given) or note
     config = TrainConfig(**settings).validate()
     if note:
         print(f"rnnkit: note: {note}", file=sys.stderr)
