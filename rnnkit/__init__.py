@@ -15,7 +15,8 @@ _EXPORTS = {
     "LSTMScratch": "models", "TorchRNN": "models", "build_model": "models",
     "perplexity": "train", "clip_gradients": "train", "train_epoch": "train",
     "evaluate": "train", "predict": "generate", "generate_ids": "generate",
-    "prepare": "encode",
+    "prepare": "encode", "load_run": "checkpoint", "beam_search": "generate",
+    "train_run": "run", "export_onnx": "export",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from . import d2l
 from .data import load_corpus, sequential_batches, split_corpus
-from .generate import generate_ids
+from .generate import beam_search, generate_ids
 from .models import GRUScratch, LSTMScratch, RNNScratch, TorchRNN
 from .perf import keep_freed_memory
 from .train import perplexity, train_epoch
@@ -103,14 +103,16 @@ def generation_speed(quick: bool) -> dict[str, float]:
             ("book predict_ch8", lambda: d2l.predict_ch8_loop(prefix, n, net, vocab, "cpu")),
             ("fast, 1 stream", lambda: generate_ids(model, vocab[list(prefix)], n)),
             ("fast, 64 streams", lambda: generate_ids(model, vocab[list(prefix)], n // 4,
-                                                      num_samples=64, temperature=1.0, seed=0))):
+                                                      num_samples=64, temperature=1.0, seed=0)),
+            ("beam search, width 8", lambda: beam_search(model, vocab[list(prefix)], n // 8,
+                                                         beam=8))):
         fn()
         times = []
         for _ in range(3 if quick else 5):
             start = time.perf_counter()
             fn()
             times.append(time.perf_counter() - start)
-        chars = n if "64" not in name else 64 * (n // 4)
+        chars = {"fast, 64 streams": 64 * (n // 4), "beam search, width 8": n // 8}.get(name, n)
         out[name] = chars / statistics.median(times)
     assert d2l.predict_ch8_loop(prefix, 100, net, vocab, "cpu") == \
         d2l.predict_ch8(prefix, 100, net, vocab, "cpu")           # same text, faster

@@ -1,5 +1,6 @@
-"""The `rnnkit` command: train | generate | eval | vocab | prepare | bench. The only module that
-reads argv; each subcommand checks its settings before it reads, allocates or writes anything.
+"""The `rnnkit` command: train | generate | eval | vocab | prepare | export | serve | bench.
+The only module that reads argv; each subcommand checks its settings before it reads,
+allocates or writes anything.
 """
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_vocab(sub)
     _add_prepare(sub)
+    _add_export(sub)
+    _add_serve(sub)
     b = sub.add_parser("bench", help="side-by-side speed table (README.md, section Speed)")
     b.add_argument("--quick", action="store_true", help="finish in under a minute")
     b.add_argument("--json-out", help="also write the JSON result to this file")
@@ -133,7 +136,12 @@ def _add_generate(sub) -> None:
     s.add_argument("--top-k", type=int, help="sample among the k likeliest, e.g. 5")
     s.add_argument("--top-p", type=float, help="nucleus sampling mass, e.g. 0.9")
     s.add_argument("--seed", type=int, help="seed for sampling")
-    s.add_argument("--num-samples", type=int, default=1, help="samples, made in one batch")
+    s.add_argument("--num-samples", type=int, default=1,
+                   help="samples, made in one batch (with --beam: the K best, K <= N)")
+    s.add_argument("--beam", type=int, help="beam search with N continuations, e.g. 8")
+    s.add_argument("--length-penalty", type=float, default=0.0,
+                   help="with --beam: rank by log P / length^alpha, e.g. 0.75 (default: 0)")
+    s.add_argument("--stop-at", help="with --beam: a continuation ends at this character")
     _weights_flag(s)
     s.set_defaults(func=cmd_generate)
 
@@ -160,6 +168,27 @@ def _corpus_flags(p, *, required: bool) -> None:
     p.add_argument("--clean", default="d2l", choices=CLEAN_MODES, help="(default: d2l)")
     p.add_argument("--token", default="char", choices=TOKEN_MODES, help="(default: char)")
     p.add_argument("--min-freq", type=int, default=0, help="rarer tokens become <unk>")
+
+
+def _add_export(sub) -> None:
+    x = sub.add_parser("export", help="one step of a trained model as an ONNX graph",
+                       epilog="example: rnnkit export runs/latest --format onnx --out tm.onnx")
+    x.add_argument("run_dir", help="a directory made by 'rnnkit train'")
+    x.add_argument("--format", default="onnx", choices=["onnx"], help="(default: onnx)")
+    x.add_argument("--out", required=True, help="the .onnx file; its .json goes beside it")
+    x.add_argument("--force", action="store_true", help="replace existing files")
+    _weights_flag(x)
+    x.set_defaults(func=cmd_export)
+
+
+def _add_serve(sub) -> None:
+    w = sub.add_parser("serve", help="a local web lab: play with trained runs, see inside them",
+                       epilog="example: rnnkit serve runs/latest runs/shakespeare --port 8000")
+    w.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="runs made by 'rnnkit train'")
+    w.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only)")
+    w.add_argument("--port", type=int, default=8000, help="(default: 8000; 0 = any free port)")
+    w.set_defaults(func=cmd_serve)
 
 
 def _add_vocab(sub) -> None:
@@ -246,10 +275,12 @@ def new_config(given: dict, preset: str = "d2l"):
     note = _choose_impl(settings, given)
     TrainConfig(**settings).validate()           # usage mistakes first, before reading data
     if preset == "quality":
-        from .recipe import quality_settings
+        from .recipe import measure_rate, quality_settings
+        from .run.setup import resolve_device
         tokens, vocab_size = _training_tokens(TrainConfig(**settings))
-        settings = {**PRESETS[preset],
-                    **quality_settings(tokens, vocab_size, settings.get("time_budget", 0.0)),
+        budget = settings.get("time_budget", 0.0)
+        rate = measure_rate(str(resolve_device(settings.get("device", "cpu")))) if budget else 0
+        settings = {**PRESETS[preset], **quality_settings(tokens, vocab_size, budget, rate),
                     **given}
         note = _choose_impl(settings, given) or note
     config = TrainConfig(**settings).validate()
@@ -336,6 +367,22 @@ def _check_sampling(args) -> None:
         raise UsageError(f"--num-samples x --num-chars must be at most {MAX_GENERATED:,}")
     if args.seed is not None and not 0 <= args.seed < 1 << 63:
         raise UsageError("--seed must be in [0, 2^63)")
+    if args.beam is None:
+        if args.stop_at is not None or args.length_penalty:
+            raise UsageError("--stop-at and --length-penalty go with --beam")
+        return
+    if not 1 <= args.beam <= 1024:
+        raise UsageError("--beam must be between 1 and 1024")
+    if args.temperature or args.top_k is not None or args.top_p is not None:
+        raise UsageError("--beam searches for the likeliest text; it takes no --temperature, "
+                         "--top-k or --top-p")
+    if args.num_samples > args.beam:
+        raise UsageError(f"--num-samples {args.num_samples} is more than --beam {args.beam} "
+                         "can return")
+    if not math.isfinite(args.length_penalty) or args.length_penalty < 0:
+        raise UsageError("--length-penalty must be 0 or more")
+    if args.stop_at is not None:
+        _check_text(args.stop_at, "--stop-at")
 
 
 def _load(args):
@@ -344,7 +391,7 @@ def _load(args):
 
 
 def cmd_generate(args) -> int:
-    from .generate import generate_ids, prefix_ids
+    from .generate import beam_search, generate_ids, prefix_ids
     _check_sampling(args)
     model, vocab, config = _load(args)
     prefix = config.prefix if args.prefix is None else args.prefix
@@ -354,12 +401,55 @@ def cmd_generate(args) -> int:
     if unknown:
         print(f"rnnkit: warning: {len(unknown)} prefix token(s) not in the vocabulary "
               f"({''.join(sorted(set(unknown)))[:40]!r}) read as <unk>", file=sys.stderr)
+    sep = "" if config.token == "char" else " "
+
+    def text(row: list[int]) -> str:
+        return prefix + ("" if sep == "" or not row else sep) + sep.join(vocab.to_tokens(row))
+    if args.beam is not None:
+        stop = None
+        if args.stop_at is not None:
+            stop_ids, unknown = prefix_ids(vocab, args.stop_at, config.token)
+            if len(stop_ids) != 1 or unknown:
+                raise UsageError("--stop-at must be one token of the run's vocabulary")
+            stop = stop_ids[0]
+        best = beam_search(model, ids, args.num_chars, beam=args.beam,
+                           num_results=args.num_samples, length_penalty=args.length_penalty,
+                           stop_id=stop)
+        for row, logp in best:
+            print(text(row) if args.num_samples == 1 else f"{logp:.4f}\t{text(row)}")
+        return 0
     out = generate_ids(model, ids, args.num_chars, num_samples=args.num_samples,
                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                        seed=args.seed)
-    sep = "" if config.token == "char" else " "
     for row in out.tolist():
-        print(prefix + ("" if sep == "" or not row else sep) + sep.join(vocab.to_tokens(row)))
+        print(text(row))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .server import serve
+    if not 0 <= args.port <= 65535:
+        raise UsageError("--port must be between 0 and 65535")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"rnnkit: warning: listening on {args.host}: anyone who can reach this machine "
+              "on the network can use the lab and its models", file=sys.stderr)
+
+    def ready(url: str) -> None:
+        print(f"rnnkit lab: {url}  (runs: {', '.join(args.run_dirs)}; Ctrl-C stops it)",
+              flush=True)
+    try:
+        serve(args.run_dirs, args.host, args.port, ready=ready)
+    except KeyboardInterrupt:    # uvicorn shut down cleanly, then passed Ctrl-C on: we are done
+        pass
+    print("rnnkit lab: stopped", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_onnx
+    model_path, meta_path = export_onnx(args.run_dir, args.out, weights=args.weights,
+                                        force=args.force)
+    print(f"wrote {model_path} (one step: ids, state -> logits, next state) and {meta_path}")
     return 0
 
 

@@ -1,5 +1,6 @@
-"""The chapter's names with the book's signatures, so its code runs after only
-`from d2l import torch as d2l` → `from rnnkit import d2l`.
+"""The book's names with the book's signatures, so the code of chapters 8 and 9 (text
+preprocessing through deep RNNs) runs after only `from d2l import torch as d2l` →
+`from rnnkit import d2l`, in a script or in Jupyter (where the plots show inline).
 
 Like the book, these use Python's and torch's global random generators (seed them with
 `random.seed` / `torch.manual_seed`); the rest of rnnkit takes generators explicitly.
@@ -7,9 +8,12 @@ Each function is the book's own code or a thin adapter over the modules it names
 """
 from __future__ import annotations
 
+import io
 import math
+import os
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,11 +25,15 @@ from . import generate as _generate
 from . import text as _text
 from .text import Vocab, count_corpus, tokenize  # noqa: F401  (the book's names)
 
+from .errors import RnnkitError
+
 __all__ = ["read_time_machine", "tokenize", "Vocab", "count_corpus", "load_corpus_time_machine",
            "seq_data_iter_random", "seq_data_iter_sequential", "SeqDataLoader",
            "load_data_time_machine", "get_params", "init_rnn_state", "rnn", "RNNModelScratch",
            "predict_ch8", "grad_clipping", "sgd", "train_epoch_ch8", "train_ch8", "RNNModel",
-           "try_gpu", "Timer", "Accumulator", "Animator"]
+           "try_gpu", "try_all_gpus", "Timer", "Accumulator", "Animator", "plot", "set_figsize",
+           "use_svg_display", "set_axes", "DATA_HUB", "DATA_URL", "download", "load_array",
+           "evaluate_loss", "linreg", "squared_loss"]
 
 
 # ---- text and data (rnnkit.text, rnnkit.data) --------------------------------------------
@@ -244,11 +252,13 @@ def train_epoch_ch8(net, train_iter, loss, updater, device, use_random_iter):
 
 
 def train_ch8(net, train_iter, vocab, lr, num_epochs, device, use_random_iter=False, *,
-              plot_path="train_ch8.png"):
-    """Train, printing a sample every 10 epochs; the perplexity curve goes to `plot_path`."""
+              plot_path=None):
+    """Train, printing a sample every 10 epochs; the perplexity curve is drawn inline in
+    Jupyter (as the book's), or to `plot_path` (default train_ch8.png) in a script."""
     loss = nn.CrossEntropyLoss()
     animator = Animator(xlabel="epoch", ylabel="perplexity", legend=["train"],
-                        xlim=[10, num_epochs], path=plot_path)
+                        xlim=[10, num_epochs],
+                        path=plot_path or (None if in_notebook() else "train_ch8.png"))
     if isinstance(net, nn.Module):
         updater = torch.optim.SGD(net.parameters(), lr)
     else:
@@ -273,6 +283,66 @@ def try_gpu(i=0):
     if torch.cuda.device_count() >= i + 1:
         return torch.device(f"cuda:{i}")
     return torch.device("cpu")
+
+
+def try_all_gpus():
+    """Every GPU, or [cpu] when there is none."""
+    return [torch.device(f"cuda:{i}") for i in range(torch.cuda.device_count())] or \
+        [torch.device("cpu")]
+
+
+# ---- the book's data hub (rnnkit.data) ----------------------------------------------------
+DATA_HUB: dict[str, tuple[str, str]] = {}
+DATA_URL = "http://d2l-data.s3-accelerate.amazonaws.com/"
+
+
+class DownloadError(RnnkitError):
+    """A file of DATA_HUB that could not be had: the message says which, from where, and
+    what to do."""
+
+
+def download(name, cache_dir=os.path.join("..", "data")):
+    """The local path of `DATA_HUB[name]`, downloaded into `cache_dir` once and sha1-checked.
+    The Time Machine (the chapter's sha1) comes from rnnkit's own copy: no network needed."""
+    if name not in DATA_HUB:
+        raise DownloadError(f"{name!r} is not in d2l.DATA_HUB (it has {sorted(DATA_HUB)}); "
+                            f"register it first: d2l.DATA_HUB[{name!r}] = (url, sha1)")
+    url, sha1 = DATA_HUB[name]
+    if sha1 == _data.TIME_MACHINE_SHA1:
+        bundled = Path(_data.__file__).parent / "data" / "timemachine.txt"
+        if bundled.is_file():
+            return str(bundled)
+    try:
+        return str(_data.download(url, sha1, cache_dir, timeout=15))
+    except RnnkitError as e:
+        raise DownloadError(f"cannot get {name!r}: {e}") from None
+
+
+def load_array(data_arrays, batch_size, is_train=True):
+    """A DataLoader over tensors, shuffled for training."""
+    dataset = torch.utils.data.TensorDataset(*data_arrays)
+    return torch.utils.data.DataLoader(dataset, batch_size, shuffle=is_train)
+
+
+def linreg(X, w, b):
+    """The linear regression model X w + b."""
+    return torch.matmul(X, w) + b
+
+
+def squared_loss(y_hat, y):
+    """Half the squared error, per example."""
+    return (y_hat - y.reshape(y_hat.shape)) ** 2 / 2
+
+
+def evaluate_loss(net, data_iter, loss):
+    """Mean loss of `net` over a data iterator."""
+    metric = Accumulator(2)  # sum of losses, number of examples
+    for X, y in data_iter:
+        out = net(X)
+        y = y.reshape(out.shape)
+        l = loss(out, y)
+        metric.add(l.sum(), l.numel())
+    return metric[0] / metric[1]
 
 
 # ---- the book's small helpers ------------------------------------------------------------
@@ -315,16 +385,100 @@ class Accumulator:
         return self.data[idx]
 
 
+
+
+# ---- plots: inline in Jupyter, PNG files in scripts; the user's backend is never changed --
+def in_notebook() -> bool:
+    """True inside a Jupyter (IPython kernel) session."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and hasattr(shell, "kernel")
+
+
+def use_svg_display():
+    """Show pyplot figures as SVG in Jupyter (the book's look); nothing outside Jupyter."""
+    if in_notebook():
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+        set_matplotlib_formats("svg")
+
+
+def set_figsize(figsize=(3.5, 2.5)):
+    """The size of the figures `plot` draws."""
+    use_svg_display()
+    _pyplot().rcParams["figure.figsize"] = figsize
+
+
+def set_axes(axes, xlabel, ylabel, xlim, ylim, xscale, yscale, legend):
+    """Label, scale and limit a matplotlib axes, with a legend and a grid."""
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_xscale(xscale)
+    axes.set_yscale(yscale)
+    axes.set_xlim(xlim)
+    axes.set_ylim(ylim)
+    if legend:
+        axes.legend(legend)
+    axes.grid()
+
+
+def plot(X, Y=None, xlabel=None, ylabel=None, legend=None, xlim=None, ylim=None,
+         xscale="linear", yscale="linear", fmts=("-", "m--", "g-.", "r:"), figsize=(3.5, 2.5),
+         axes=None):
+    """Plot one or several series on pyplot's current axes (shown inline in Jupyter)."""
+    set_figsize(figsize)
+    axes = axes if axes else _pyplot().gca()
+
+    def one_axis(v):
+        return (hasattr(v, "ndim") and v.ndim == 1) or (
+            isinstance(v, list) and not hasattr(v[0], "__len__"))
+
+    if one_axis(X):
+        X = [X]
+    if Y is None:
+        X, Y = [[]] * len(X), X
+    elif one_axis(Y):
+        Y = [Y]
+    if len(X) != len(Y):
+        X = X * len(Y)
+    axes.cla()
+    for x, y, fmt in zip(X, Y, fmts):
+        axes.plot(*((x, y, fmt) if len(x) else (y, fmt)))
+    set_axes(axes, xlabel, ylabel, xlim, ylim, xscale, yscale, legend or [])
+
+
+def _pyplot():
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def __getattr__(name):
+    if name == "plt":            # d2l.plt, imported on first use
+        return _pyplot()
+    raise AttributeError(f"module 'rnnkit.d2l' has no attribute {name!r}")
+
+
 class Animator:
-    """Collects points like the book's notebook animation and redraws them into a PNG file."""
+    """Draws points as they arrive, like the book's: redrawn in place inline in Jupyter, and
+    into the PNG file `path` in a script (default animator.png)."""
 
     def __init__(self, xlabel=None, ylabel=None, legend=None, xlim=None, ylim=None,
                  xscale="linear", yscale="linear", fmts=("-", "m--", "g-.", "r:"), nrows=1,
-                 ncols=1, figsize=(3.5, 2.5), path="animator.png"):
-        self.config = dict(xlabel=xlabel, ylabel=ylabel, xlim=xlim, ylim=ylim, xscale=xscale,
-                           yscale=yscale)
-        self.legend, self.fmts, self.figsize, self.path = legend or [], fmts, figsize, path
-        self.X, self.Y = None, None
+                 ncols=1, figsize=(3.5, 2.5), path=None):
+        from matplotlib.figure import Figure       # not pyplot: no backend is touched
+        self.fig = Figure(figsize=figsize)
+        axes = self.fig.subplots(nrows, ncols)
+        self.axes = [axes] if nrows * ncols == 1 else list(axes.flat)
+        if xlim is not None and xlim[0] >= xlim[1]:
+            xlim = None          # e.g. xlim=[10, 10] for a 10-epoch run: let matplotlib choose
+        self.config_axes = lambda: set_axes(self.axes[0], xlabel, ylabel, xlim, ylim, xscale,
+                                            yscale, legend or [])
+        self.X, self.Y, self.fmts = None, None, fmts
+        self.inline = in_notebook()
+        self.path = path if path is not None or self.inline else "animator.png"
+        self.handle = None
 
     def add(self, x, y):
         if not hasattr(y, "__len__"):
@@ -337,24 +491,69 @@ class Animator:
             if a is not None and b is not None:
                 self.X[i].append(a)
                 self.Y[i].append(b)
+        self.axes[0].cla()
+        for x_, y_, fmt in zip(self.X, self.Y, self.fmts):
+            self.axes[0].plot(x_, y_, fmt)
+        self.config_axes()
         self.draw()
 
     def draw(self):
-        if self.path is None:
-            return
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=self.figsize)
-        for x, y, fmt in zip(self.X, self.Y, self.fmts):
-            ax.plot(x, y, fmt)
-        config = {k: v for k, v in self.config.items() if v is not None}
-        if config.get("xlim") and config["xlim"][0] >= config["xlim"][1]:
-            del config["xlim"]  # one point so far: let matplotlib pick the range
-        ax.set(**config)
-        if self.legend:
-            ax.legend(self.legend)
-        ax.grid()
-        fig.tight_layout()
-        fig.savefig(self.path)
-        plt.close(fig)
+        self.fig.tight_layout()
+        if self.inline:
+            from IPython.display import Image, display
+            buffer = io.BytesIO()
+            self.fig.savefig(buffer, format="png", dpi=100)
+            image = Image(data=buffer.getvalue(), format="png")
+            if self.handle is None:           # one output, updated in place as points arrive
+                self.handle = display(image, display_id=True)
+            else:
+                self.handle.update(image)
+        if self.path is not None:
+            self.fig.savefig(self.path)
+
+
+# ---- the book's framework aliases (d2l 0.17's torch module) ---------------------------------
+ones, zeros, tensor, arange, meshgrid = torch.ones, torch.zeros, torch.tensor, torch.arange, \
+    torch.meshgrid
+sin, sinh, cos, cosh, tanh = torch.sin, torch.sinh, torch.cos, torch.cosh, torch.tanh
+linspace, exp, log, normal = torch.linspace, torch.exp, torch.log, torch.normal
+rand, randn, matmul, int32, float32 = torch.rand, torch.randn, torch.matmul, torch.int32, \
+    torch.float32
+concat, stack, abs, eye = torch.cat, torch.stack, torch.abs, torch.eye
+nn_Module = nn.Module
+
+
+def numpy(x, *args, **kwargs):
+    return x.detach().numpy(*args, **kwargs)
+
+
+def size(x, *args, **kwargs):
+    return x.numel(*args, **kwargs)
+
+
+def reshape(x, *args, **kwargs):
+    return x.reshape(*args, **kwargs)
+
+
+def to(x, *args, **kwargs):
+    return x.to(*args, **kwargs)
+
+
+def reduce_sum(x, *args, **kwargs):
+    return x.sum(*args, **kwargs)
+
+
+def argmax(x, *args, **kwargs):
+    return x.argmax(*args, **kwargs)
+
+
+def astype(x, *args, **kwargs):
+    return x.type(*args, **kwargs)
+
+
+def transpose(x, *args, **kwargs):
+    return x.t(*args, **kwargs)
+
+
+def reduce_mean(x, *args, **kwargs):
+    return x.mean(*args, **kwargs)

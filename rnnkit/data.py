@@ -4,9 +4,9 @@ random and sequential minibatch iterators over an id array (no tensors until a b
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import random
-import tempfile
 import urllib.error
 import urllib.request
 from importlib import resources
@@ -18,6 +18,7 @@ import torch
 from .config import STDIN
 from .encode import prepare, read_corpus, stdin_copy  # noqa: F401  (read_corpus: this API's)
 from .errors import RnnkitError
+from .files import atomic_write
 from .text import Vocab, text_to_ids
 
 TIME_MACHINE_SHA1 = "090b5e7e70c295757f55df93cb0a180b9691891a"
@@ -36,24 +37,22 @@ def time_machine_text() -> str:
     return raw.decode("utf-8")
 
 
-def download(url: str, sha1: str, cache_dir: str | os.PathLike) -> Path:
+def download(url: str, sha1: str, cache_dir: str | os.PathLike, timeout: float = 30) -> Path:
     """Fetch `url` into `cache_dir` once, verify its sha1, and return the local path."""
     target = Path(cache_dir) / url.rstrip("/").split("/")[-1]
     if target.is_file() and sha1_of(target.read_bytes()) == sha1:
         return target
     try:
-        with urllib.request.urlopen(url, timeout=30) as r:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
             data = r.read()
-    except (urllib.error.URLError, OSError) as e:
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
         raise RnnkitError(f"cannot download {url} ({reason}); if offline, copy the file to "
                           f"{target} by hand") from None
     if sha1_of(data) != sha1:
         raise RnnkitError(f"download of {url} has sha1 {sha1_of(data)}, expected {sha1}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as f:
-        f.write(data)
-    os.replace(f.name, target)
+    atomic_write(target, data)
     return target
 
 

@@ -45,6 +45,14 @@ class ScratchStepper:
                 out.append(idx)
         return out
 
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Stream i continues from stream rows[i] (beam search)."""
+        self.h = self.h[rows]                                            # (N, H)
+
+    def reset(self, rows: list[int]) -> None:
+        """Streams `rows` start again from the zero state (a new client in the lab)."""
+        self.h[rows] = 0.0
+
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         torch.index_select(self.rows, 0, ids, out=self.z)                # (N, H)
         self.z.addmm_(self.h, self.W_hh)                                 # (N, H)
@@ -58,12 +66,22 @@ class _ModelStepper:
     def __init__(self, model: nn.Module, n: int, device):
         self.model, self.state = model, model.begin_state(n, device)
 
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Stream i continues from stream rows[i] (beam search)."""
+        self.state = tuple(s.index_select(s.dim() - 2, rows) for s in self.state)
+
+    def reset(self, rows: list[int]) -> None:
+        """Streams `rows` start again from the zero state (a new client in the lab)."""
+        for s in self.state:
+            s[..., rows, :] = 0.0
+
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         logits, self.state = self.model(ids[:, None], self.state)       # (1, N, V)
         return logits[0]                                                 # (N, V)
 
 
-def _stepper(model: nn.Module, n: int, device):
+def stepper(model: nn.Module, n: int, device="cpu"):
+    """A step function for `n` streams: ids (n,) → logits (n, V), carrying each stream's state."""
     if isinstance(model, RNNScratch) and torch.device(device).type == "cpu":
         return ScratchStepper(model.W_xh, model.W_hh, model.b_h, model.W_hq, model.b_q,
                               model.begin_state(n, device)[0])
@@ -98,7 +116,7 @@ def generate_ids(model: nn.Module, prefix: list[int], num_preds: int, *, num_sam
     """Warm up on `prefix` ids, then produce `num_preds` ids per stream: (num_samples, num_preds)."""
     if not prefix:
         raise ValueError("the prefix must hold at least one token")
-    step = _stepper(model, num_samples, device)
+    step = stepper(model, num_samples, device)
     return generate_with(step, prefix, num_preds, num_samples=num_samples,
                          temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                          device=device)
@@ -124,6 +142,59 @@ def generate_with(step, prefix: list[int], num_preds: int, *, num_samples: int =
                         generator=generator)                 # (N,)
         out[:, i] = ids
     return out
+
+
+@torch.inference_mode()
+def beam_search(model: nn.Module, prefix: list[int], num_preds: int, *, beam: int,
+                num_results: int = 1, length_penalty: float = 0.0, stop_id: int | None = None,
+                device: torch.device | str = "cpu") -> list[tuple[list[int], float]]:
+    """The `num_results` best continuations of `prefix` as (ids, log-probability), best first.
+
+    Keeps the `beam` best partial continuations by total log-probability, stepping them as one
+    batch. A continuation ends at `stop_id` (included) or after `num_preds` tokens and is ranked
+    by log P / L^length_penalty, L its length (the book's beam-search score). Beam search is not
+    monotone in its width, so the greedy continuation runs as one more stream and competes too:
+    the result is never less probable than greedy decoding's.
+    """
+    if not prefix:
+        raise ValueError("the prefix must hold at least one token")
+    if not 1 <= num_results <= beam:
+        raise ValueError("num_results must be between 1 and the beam width")
+    n = beam + 1                                    # streams 0..beam-1: the beam; beam: greedy
+    step = stepper(model, n, device)
+    ids = torch.full((n,), prefix[0], dtype=torch.long, device=device)
+    for tok in prefix[1:]:                          # warm-up: every stream reads the prefix
+        step(ids)
+        ids.fill_(tok)
+    scores = torch.full((n,), float("-inf"), dtype=torch.float64)
+    scores[0] = scores[beam] = 0.0                  # the streams start equal: keep one of them
+    seqs = torch.empty(n, 0, dtype=torch.long)
+    done: list[tuple[list[int], float]] = [([], 0.0)] if num_preds == 0 else []
+    for t in range(num_preds):
+        logp = torch.log_softmax(step(ids).double(), dim=1).cpu()   # (n, V) next-token log p
+        vocab_size = logp.shape[1]
+        total = (scores[:beam, None] + logp[:beam]).flatten()      # (beam * V,) candidates
+        best = torch.topk(total, beam)                              # the beam best, ranked
+        greedy = int(logp[beam].argmax())
+        rows = torch.cat([best.indices // vocab_size, torch.tensor([beam])])   # (n,) parents
+        tokens = torch.cat([best.indices % vocab_size, torch.tensor([greedy])])
+        scores = torch.cat([best.values, (scores[beam] + logp[beam, greedy]).reshape(1)])
+        seqs = torch.cat([seqs[rows], tokens[:, None]], dim=1)     # (n, t + 1)
+        step.reorder(rows.to(device))
+        ids = tokens.to(device)
+        ended = [r for r in range(n) if stop_id is not None and int(tokens[r]) == stop_id]
+        for r in ended + ([] if t + 1 < num_preds else [r for r in range(n) if r not in ended]):
+            if scores[r] > float("-inf"):
+                done.append((seqs[r].tolist(), float(scores[r])))
+        for r in ended:
+            scores[r] = float("-inf")               # an ended continuation goes no further
+        if all(scores[r] == float("-inf") for r in range(n)):
+            break
+
+    def ranked(item):
+        return item[1] / max(len(item[0]), 1) ** length_penalty
+    unique = {tuple(s): (s, lp) for s, lp in done}.values()
+    return sorted(unique, key=ranked, reverse=True)[:num_results]
 
 
 def prefix_ids(vocab: Vocab, prefix: str, token: str = "char") -> tuple[list[int], list[str]]:

@@ -1,0 +1,171 @@
+"""One step of a trained model as an ONNX graph, so that a run generates without Python's torch:
+token ids (N,) and the state in, logits (N, V) and the next state out, N dynamic.
+
+Every model — the scratch RNN, GRU and LSTM, and torch's layers (stacked, with embeddings) — is
+first read as the same layers in `torch.nn`'s gate order and form (`cell_layers`), then written
+with one ONNX node per equation, so the graph reads like the cells in models.py.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import _json_bytes, load_run
+from .errors import RnnkitError, UsageError
+from .files import atomic_write
+from .models import GRUScratch, LSTMScratch, RNNScratch, TorchRNN
+
+OPSET = 17
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}   # gate blocks, in torch.nn's order (GRU r z n, LSTM i f g o)
+
+
+@dataclass
+class Layer:
+    """One recurrent layer as x W_x + b_x and h W_h + b_h, gates side by side: (in | H, G·H)."""
+    W_x: np.ndarray
+    W_h: np.ndarray
+    b_x: np.ndarray
+    b_h: np.ndarray
+
+
+def cell_layers(model: nn.Module) -> tuple[str, np.ndarray, list[Layer], np.ndarray, np.ndarray]:
+    """(cell, input table (V, in): an embedding or one-hot rows, layers, W_out (H, V), b_out)."""
+    def a(t):
+        return t.detach().float().cpu().numpy()
+    if isinstance(model, TorchRNN):
+        rnn = model.rnn
+        layers = [Layer(a(getattr(rnn, f"weight_ih_l{k}").T), a(getattr(rnn, f"weight_hh_l{k}").T),
+                        a(getattr(rnn, f"bias_ih_l{k}")), a(getattr(rnn, f"bias_hh_l{k}")))
+                  for k in range(rnn.num_layers)]
+        table = (a(model.embedding.weight) if model.embedding is not None
+                 else np.eye(model.vocab_size, dtype=np.float32))
+        return model.cell, table, layers, a(model.linear.weight.T), a(model.linear.bias)
+    eye = np.eye(model.vocab_size, dtype=np.float32)
+    zero = np.zeros(model.num_hiddens, dtype=np.float32)
+    if isinstance(model, RNNScratch):
+        layer = Layer(a(model.W_xh), a(model.W_hh), a(model.b_h), zero)
+        return "rnn", eye, [layer], a(model.W_hq), a(model.b_q)
+    if isinstance(model, GRUScratch):
+        m = model
+        layer = Layer(np.concatenate([a(m.W_xr), a(m.W_xz), a(m.W_xn)], 1),
+                      np.concatenate([a(m.W_hr), a(m.W_hz), a(m.W_hn)], 1),
+                      np.concatenate([a(m.b_r), a(m.b_z), a(m.b_xn)]),
+                      np.concatenate([zero, zero, a(m.b_hn)]))
+        return "gru", eye, [layer], a(m.W_hq), a(m.b_q)
+    if isinstance(model, LSTMScratch):
+        m, order = model, ("i", "f", "c", "o")
+        layer = Layer(np.concatenate([a(getattr(m, f"W_x{g}")) for g in order], 1),
+                      np.concatenate([a(getattr(m, f"W_h{g}")) for g in order], 1),
+                      np.concatenate([a(getattr(m, f"b_{g}")) for g in order]),
+                      np.zeros(4 * m.num_hiddens, dtype=np.float32))
+        return "lstm", eye, [layer], a(m.W_hq), a(m.b_q)
+    raise RnnkitError(f"cannot export a {type(model).__name__}")
+
+
+class _Graph:
+    """A small builder: named initializers and nodes, fresh names for intermediate values."""
+
+    def __init__(self):
+        from onnx import helper, numpy_helper
+        self.helper, self.numpy_helper = helper, numpy_helper
+        self.nodes, self.inits, self.count = [], [], 0
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        self.inits.append(self.numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def op(self, kind: str, *inputs: str, outputs: int = 1, name: str | None = None, **attrs):
+        names = [name] if name else [f"{kind.lower()}_{self.count}_{i}" for i in range(outputs)]
+        self.count += 1
+        self.nodes.append(self.helper.make_node(kind, list(inputs), names, **attrs))
+        return names[0] if outputs == 1 else names
+
+
+def _step(g: _Graph, cell: str, k: int, layer: Layer, x: str, h: str, c: str | None,
+          hidden: int) -> tuple[str, str | None]:
+    """One layer's equations (torch.nn's forms): its new (h, c)."""
+    gx = g.op("Add", g.op("MatMul", x, g.const(f"W_x{k}", layer.W_x)), g.const(f"b_x{k}", layer.b_x))
+    gh = g.op("Add", g.op("MatMul", h, g.const(f"W_h{k}", layer.W_h)), g.const(f"b_h{k}", layer.b_h))
+    if cell == "rnn":                                     # h' = tanh(x W_x + b_x + h W_h + b_h)
+        return g.op("Tanh", g.op("Add", gx, gh)), None
+    split = g.const(f"split{k}", np.full(GATES[cell], hidden, dtype=np.int64))
+    if cell == "gru":
+        rx, zx, nx = g.op("Split", gx, split, outputs=3, axis=1)
+        rh, zh, nh = g.op("Split", gh, split, outputs=3, axis=1)
+        r = g.op("Sigmoid", g.op("Add", rx, rh))          # reset gate
+        z = g.op("Sigmoid", g.op("Add", zx, zh))          # update gate
+        n = g.op("Tanh", g.op("Add", nx, g.op("Mul", r, nh)))   # candidate
+        return g.op("Add", n, g.op("Mul", z, g.op("Sub", h, n))), None   # (1-z) n + z h
+    i, f, cand, o = g.op("Split", g.op("Add", gx, gh), split, outputs=4, axis=1)
+    c_new = g.op("Add", g.op("Mul", g.op("Sigmoid", f), c),
+                 g.op("Mul", g.op("Sigmoid", i), g.op("Tanh", cand)))   # c' = f c + i g
+    return g.op("Mul", g.op("Sigmoid", o), g.op("Tanh", c_new)), c_new  # h' = o tanh(c')
+
+
+def build_onnx(model: nn.Module):
+    """The ONNX ModelProto of one step of `model` (see the module docstring)."""
+    from onnx import TensorProto, checker, helper
+    cell, table, layers, W_out, b_out = cell_layers(model)
+    hidden, stacked = layers[0].W_h.shape[0], isinstance(model, TorchRNN)
+    g = _Graph()
+    # the first layer's input projection of a one-hot or embedded token: a row lookup
+    x = g.op("Gather", g.const("input_table", table), "ids", axis=0)           # (N, in)
+    names = ["h", "c"] if cell == "lstm" else ["h"]
+    new = {n: [] for n in names}
+    for k, layer in enumerate(layers):
+        index = g.const(f"layer{k}", np.array(k)) if stacked else None
+        state = {n: g.op("Gather", n, index, axis=0) if stacked else n for n in names}  # (N, H)
+        h, c = _step(g, cell, k, layer, x, state["h"], state.get("c"), hidden)
+        new["h"].append(h)
+        if c is not None:
+            new["c"].append(c)
+        x = h
+    g.op("Add", g.op("MatMul", x, g.const("W_out", W_out)), g.const("b_out", b_out),
+         name="logits")                                                       # (N, V)
+    for n in names:
+        if stacked:
+            g.op("Concat", *[g.op("Unsqueeze", v, g.const(f"axis0_{n}{i}", np.array([0])))
+                             for i, v in enumerate(new[n])], axis=0, name=f"{n}_next")
+        else:
+            g.op("Identity", new[n][0], name=f"{n}_next")
+    shape = ([len(layers), "N", hidden] if stacked else ["N", hidden])
+    inputs = [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N"])] + [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in names]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", table.shape[0]])] \
+        + [helper.make_tensor_value_info(f"{n}_next", TensorProto.FLOAT, shape) for n in names]
+    graph = helper.make_graph(g.nodes, "rnnkit_step", inputs, outputs, g.inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="rnnkit")
+    checker.check_model(proto)
+    return proto
+
+
+def export_onnx(run_dir: str | os.PathLike, out: str | os.PathLike, *, weights: str | None = None,
+                force: bool = False) -> tuple[Path, Path]:
+    """Write RUN_DIR's model as `out` (.onnx) and, beside it, `out` with .json: the vocabulary,
+    the config and how to call the graph. Nothing is written unless both can be."""
+    out = Path(out)
+    sidecar = out.with_suffix(".json")
+    for path in (out, sidecar):
+        if path.exists() and not force:
+            raise UsageError(f"{path} exists; pass --force to replace it")
+        if path.is_dir() or not path.parent.is_dir():
+            raise UsageError(f"cannot write {path}: pick a file in an existing directory")
+    model, vocab, config = load_run(run_dir, weights=weights)
+    proto = build_onnx(model)
+    state = model.begin_state(1, "cpu")
+    names = ["h", "c"][:len(state)]
+    meta = {"format": "rnnkit-onnx", "version": 1, "model": out.name,
+            "inputs": {"ids": ["N"], **{n: ["N" if d == 1 else d for d in s.shape]
+                                        for n, s in zip(names, state)}},
+            "outputs": ["logits"] + [f"{n}_next" for n in names],
+            "separator": "" if config.token == "char" else " ", "prefix": config.prefix,
+            "vocab": vocab.to_dict(), "config": config.to_dict()}
+    atomic_write(out, proto.SerializeToString())
+    atomic_write(sidecar, _json_bytes(meta))
+    return out, sidecar

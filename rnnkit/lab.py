@@ -1,0 +1,125 @@
+"""What the web lab shows of a model: how surprised it is by each character of a text, what it
+would have guessed instead, and what every hidden unit does along the text.
+
+One recurrent pass (`trace`, numpy, one GEMV per character and layer) gives every layer's
+states and gates and the logits; `score` and `units` read from it. Every model goes through
+`export.cell_layers`, the same torch-form view the ONNX graph is written from.
+"""
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+from torch import nn
+
+from .export import cell_layers
+
+FEATURES = ("inside quotes", "inside parentheses", "position in line", "start of a word",
+            "after a vowel")
+STATES = {"rnn": ("h",), "gru": ("h", "r", "z", "n"), "lstm": ("h", "c", "i", "f", "g", "o")}
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (np.tanh(0.5 * x) + 1.0)        # no overflow for large |x|
+
+
+def trace(model: nn.Module, ids: list[int]) -> dict:
+    """Run `model` over `ids` from its zero state. Returns {"logits": (T, V), "layers": [{state
+    name: (T, H)}]}: logits[t] predicts ids[t + 1]; states are those after reading ids[t]."""
+    cell, table, layers, W_out, b_out = cell_layers(model)
+    x = table[np.asarray(ids, dtype=np.int64)]                            # (T, in)
+    record = []
+    for layer in layers:
+        H = layer.W_h.shape[0]
+        gx = x @ layer.W_x + layer.b_x                                    # (T, G·H) all steps
+        names = STATES[cell]
+        out = {n: np.empty((len(ids), H), np.float32) for n in names}
+        h, c = np.zeros(H, np.float32), np.zeros(H, np.float32)
+        gh = np.empty(layer.W_h.shape[1], np.float32)                     # (G·H,)
+        if cell == "rnn":
+            gx += layer.b_h                                               # both biases, once
+        for t in range(len(ids)):
+            np.dot(h, layer.W_h, out=gh)
+            if cell == "rnn":                                             # in place: no allocation
+                np.add(gx[t], gh, out=gh)
+                h = np.tanh(gh, out=out["h"][t])
+                continue
+            gh += layer.b_h
+            if cell == "gru":
+                r = _sigmoid(gx[t, :H] + gh[:H])
+                z = _sigmoid(gx[t, H:2 * H] + gh[H:2 * H])
+                n = np.tanh(gx[t, 2 * H:] + r * gh[2 * H:])
+                h = n + z * (h - n)
+                out["r"][t], out["z"][t], out["n"][t] = r, z, n
+            else:
+                g = gx[t] + gh
+                i, f, o = _sigmoid(g[:H]), _sigmoid(g[H:2 * H]), _sigmoid(g[3 * H:])
+                cand = np.tanh(g[2 * H:3 * H])
+                c = f * c + i * cand
+                h = o * np.tanh(c)
+                out["c"][t], out["i"][t], out["f"][t], out["g"][t], out["o"][t] = c, i, f, cand, o
+            out["h"][t] = h
+        record.append(out)
+        x = out["h"]
+    return {"logits": x @ W_out + b_out, "layers": record, "cell": cell}
+
+
+def score(traced: dict, ids: list[int], top: int = 5) -> dict:
+    """Per position t >= 1: the probability the model gave the character that came, its
+    surprisal in bits, and the `top` likeliest guesses (ids, probabilities); and the text's
+    bits per character. Position 0 has no prediction (None)."""
+    logits = traced["logits"][:-1].astype(np.float64)                    # (T-1, V) predict t+1
+    logits -= logits.max(axis=1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))    # (T-1, V)
+    actual = logp[np.arange(len(ids) - 1), np.asarray(ids[1:])]          # (T-1,)
+    best = np.argsort(-logp, axis=1)[:, :top]                            # (T-1, top)
+    bits = -actual / np.log(2)
+    return {"prob": [None] + np.exp(actual).round(6).tolist(),
+            "bits": [None] + bits.round(4).tolist(),
+            "top_ids": [None] + best.tolist(),
+            "top_probs": [None] + np.exp(np.take_along_axis(logp, best, 1)).round(6).tolist(),
+            "bits_per_char": float(bits.mean()) if len(bits) else None}
+
+
+def text_features(tokens: list[str]) -> np.ndarray:
+    """(T, 5) simple features of each character (FEATURES), computed from the text alone."""
+    out = np.zeros((len(tokens), len(FEATURES)), np.float32)
+    quote = depth = column = 0
+    prev = ""
+    for t, ch in enumerate(tokens):
+        if ch in "\"“”":
+            quote ^= 1
+        depth += ch == "("
+        out[t] = (quote, depth > 0, column, ch.isalpha() and not prev.isalpha(),
+                  prev.lower() in "aeiou" and prev != "")
+        depth = max(0, depth - (ch == ")"))
+        column = 0 if ch == "\n" else column + 1
+        prev = ch
+    return out
+
+
+def correlations(acts: np.ndarray, feats: np.ndarray, top: int = 10) -> dict:
+    """For each feature, the `top` units by |Pearson correlation| with it: [[unit, r], ...]
+    (none for a feature the text does not vary, e.g. quotes in a text without any)."""
+    a = acts - acts.mean(0)                                              # (T, H)
+    f = feats - feats.mean(0)                                            # (T, F)
+    denom = np.sqrt((a * a).sum(0))[:, None] * np.sqrt((f * f).sum(0))[None, :]
+    r = np.divide(a.T @ f, denom, out=np.zeros((a.shape[1], f.shape[1])), where=denom > 0)
+    ranked = {}
+    for j, name in enumerate(FEATURES):
+        order = np.argsort(-np.abs(r[:, j]))[:top]
+        ranked[name] = [[int(u), round(float(r[u, j]), 4)] for u in order if r[u, j] != 0]
+    return ranked
+
+
+def units(traced: dict, tokens: list[str], layer: int, state: str) -> dict:
+    """Every unit's activation per character for one layer and state (or gate), as int8 in
+    base64 (row-major (T, H), value = q / 127 * scale[unit]), and the units ranked by feature."""
+    acts = traced["layers"][layer][state]                                # (T, H)
+    scale = np.maximum(np.abs(acts).max(axis=0), 1e-12)                  # (H,)
+    q = np.round(acts / scale * 127).astype(np.int8)
+    return {"layer": layer, "state": state, "shape": list(acts.shape),
+            "scale": scale.round(6).tolist(),
+            "data": base64.b64encode(q.tobytes()).decode("ascii"),
+            "features": list(FEATURES),
+            "ranking": correlations(acts, text_features(tokens))}

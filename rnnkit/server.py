@@ -1,0 +1,441 @@
+"""`rnnkit serve`: a local web lab over trained runs — one static page (rnnkit/web/) and a JSON
+API on Starlette + uvicorn. Requests name runs, never files. Model work runs in threads, never
+on the event loop, and the generation streams of a run are stepped together (`StreamEngine`).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from . import lab
+from .checkpoint import load_run
+from .errors import RnnkitError
+from .generate import beam_search, generate_ids, pick_next, prefix_ids, stepper
+
+WEB = Path(__file__).parent / "web"
+MAX_BODY, MAX_TEXT, MAX_CHARS, MAX_SAMPLES, MAX_BEAM = 1 << 20, 100_000, 10_000, 64, 64
+
+
+class ApiError(Exception):
+    """A request the lab refuses: an HTTP status and one clear message (plus details)."""
+
+    def __init__(self, status: int, message: str, **details):
+        super().__init__(message)
+        self.status, self.message, self.details = status, message, details
+
+
+@dataclass
+class LabRun:
+    name: str
+    path: Path
+    model: torch.nn.Module
+    vocab: object
+    config: object
+    engine: "StreamEngine | None" = None
+    traces: dict = field(default_factory=dict)        # the last texts' traces (score → units)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def trace(self, ids: list[int]) -> dict:
+        """`lab.trace` of these ids, kept for the next request: the page asks for the score
+        and then the units of the same text."""
+        key = tuple(ids)
+        with self.lock:
+            if key in self.traces:
+                return self.traces[key]
+        traced = lab.trace(self.model, ids)
+        with self.lock:
+            while len(self.traces) >= 4:
+                self.traces.pop(next(iter(self.traces)))
+            self.traces[key] = traced
+        return traced
+
+    def summary(self) -> dict:
+        c, metrics = self.config, read_metrics(self.path)
+        vals = [m["val_ppl"] for m in metrics if m.get("val_ppl") is not None]
+        return {"name": self.name, "cell": c.cell, "impl": c.impl, "hidden": c.hidden,
+                "layers": c.layers, "embed": c.embed, "token": c.token, "vocab": len(self.vocab),
+                "parameters": sum(p.numel() for p in self.model.parameters()),
+                "prefix": c.prefix, "end_on": c.end_on, "epochs": len(metrics),
+                "train_ppl": metrics[-1]["train_ppl"] if metrics else None,
+                "best_val_ppl": min(vals) if vals else None,
+                "states": list(lab.STATES[c.cell]), "num_layers": c.layers}
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """metrics.jsonl as written so far (a line being written by a live run is skipped)."""
+    try:
+        text = (run_dir / "metrics.jsonl").read_text(encoding="utf-8")
+    except OSError:
+        return []
+    rows = []
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return [r for r in rows if isinstance(r, dict)]
+
+
+# ---- generation streams, batched --------------------------------------------------------------
+@dataclass
+class Stream:
+    """One client's request: `samples` rows that read the prefix, then make `num_chars` tokens."""
+    prefix: list[int]
+    num_chars: int
+    samples: int
+    sampling: dict                          # temperature, top_k, top_p (as `pick_next` takes)
+    generator: torch.Generator | None
+    emit: object                            # emit([(sample, token id), ...]) or emit(None): done
+    rows: list[tuple[int, int]] = field(default_factory=list)   # (block, slot) of each sample
+    read: int = 0                           # prefix tokens read so far
+    made: int = 0                           # tokens made so far
+    cancelled: bool = False
+
+
+class StreamEngine:
+    """Steps every open stream of one run as one batch, in a thread of its own.
+
+    Rows live in blocks of BLOCK slots and every block is stepped with exactly BLOCK rows: a
+    fixed-size GEMM computes each row independently of its neighbours (tests/test_lab.py checks
+    it), so a stream's text is exactly what it would be alone, whoever else is connected, and
+    its own generator alone draws its samples."""
+    BLOCK = 16
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.blocks, self.inputs, self.free = [], [], []     # steppers, their ids, free slots
+        self.streams: list[Stream] = []
+        self.pending: list[Stream] = []
+        self.cond = threading.Condition()
+        threading.Thread(target=self._run, daemon=True, name="rnnkit-streams").start()
+
+    def open(self, stream: Stream) -> Stream:
+        """Queue `stream`; the engine gives it rows between two steps."""
+        with self.cond:
+            self.pending.append(stream)
+            self.cond.notify()
+        return stream
+
+    @staticmethod
+    def close(stream: Stream) -> None:
+        stream.cancelled = True                         # the engine frees its rows next step
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self.cond:
+                    while not self.streams and not self.pending:
+                        self.cond.wait()
+                    for stream in self.pending:
+                        self._admit(stream)
+                    self.pending.clear()
+                self._step()
+
+    def _admit(self, stream: Stream) -> None:
+        while len(self.free) < stream.samples:
+            self.blocks.append(stepper(self.model, self.BLOCK))
+            self.inputs.append(torch.zeros(self.BLOCK, dtype=torch.long))
+            self.free += [(len(self.blocks) - 1, s) for s in range(self.BLOCK)]
+        stream.rows, self.free = self.free[:stream.samples], self.free[stream.samples:]
+        for b, s in stream.rows:
+            self.blocks[b].reset([s])                   # a fresh zero state for each sample
+            self.inputs[b][s] = stream.prefix[0]
+        self.streams.append(stream)
+
+    def _step(self) -> None:
+        logits = [block(ids) for block, ids in zip(self.blocks, self.inputs)]   # (BLOCK, V) each
+        for stream in list(self.streams):
+            if not stream.cancelled and stream.made < stream.num_chars:
+                self._advance(stream, logits)
+            if stream.cancelled or stream.made >= stream.num_chars:
+                self.streams.remove(stream)
+                self.free += stream.rows
+                if not stream.cancelled:
+                    stream.emit(None)
+
+    def _advance(self, stream: Stream, logits: list[torch.Tensor]) -> None:
+        if stream.read + 1 < len(stream.prefix):        # warm-up: read the next prefix token
+            stream.read += 1
+            for b, s in stream.rows:
+                self.inputs[b][s] = stream.prefix[stream.read]
+            return
+        rows = torch.stack([logits[b][s] for b, s in stream.rows])              # (samples, V)
+        ids = pick_next(rows, **stream.sampling, generator=stream.generator)    # (samples,)
+        for (b, s), token in zip(stream.rows, ids.tolist()):
+            self.inputs[b][s] = token
+        stream.made += 1
+        stream.emit(list(enumerate(ids.tolist())))
+
+
+# ---- requests -----------------------------------------------------------------------------------
+def _field(obj: dict, name: str, kind, default, low=None, high=None):
+    """obj[name] as `kind` within [low, high], or `default` when absent; ApiError otherwise."""
+    value = obj.get(name, default)
+    if value is None:
+        return None
+    try:
+        if kind is int and (isinstance(value, bool) or float(value) != int(float(value))):
+            raise ValueError
+        value = kind(value)
+    except (TypeError, ValueError):
+        raise ApiError(422, f"{name} must be a {kind.__name__}, not {value!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise ApiError(422, f"{name} must be a finite number")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ApiError(422, f"{name} must be between {low} and {high}, not {value}")
+    return value
+
+
+def sampling_request(obj: dict, run: LabRun) -> dict:
+    """The generate arguments of `rnnkit generate`, checked as the CLI checks them."""
+    prefix = obj.get("prefix") or run.config.prefix
+    if not isinstance(prefix, str) or len(prefix) > MAX_TEXT:
+        raise ApiError(422, f"prefix must be a text of at most {MAX_TEXT:,} characters")
+    ids, unknown = prefix_ids(run.vocab, prefix, run.config.token)
+    if not ids:
+        raise ApiError(422, "prefix holds no token")
+    req = {"prefix": prefix, "ids": ids, "unknown": sorted(set(unknown)),
+           "num_chars": _field(obj, "num_chars", int, 100, 0, MAX_CHARS),
+           "num_samples": _field(obj, "num_samples", int, 1, 1, MAX_SAMPLES),
+           "temperature": _field(obj, "temperature", float, 0.0, 0.0, 100.0),
+           "top_k": _field(obj, "top_k", int, None, 1, 1 << 20),
+           "top_p": _field(obj, "top_p", float, None, 1e-9, 1.0),
+           "seed": _field(obj, "seed", int, None, 0, (1 << 63) - 1),
+           "beam": _field(obj, "beam", int, None, 1, MAX_BEAM)}
+    if req["beam"] is not None and req["num_samples"] > req["beam"]:
+        raise ApiError(422, "num_samples must be at most beam")
+    return req
+
+
+def text_request(obj: dict, run: LabRun) -> tuple[str, list[str], list[int]]:
+    """(text as scored, its tokens, their ids): the run's cleaning applied, as `rnnkit eval`
+    does. Characters outside the vocabulary are a 422 naming them and where they are, unless
+    the request says "unknown": "unk" (then they score as <unk>, as `rnnkit eval` does)."""
+    from .text import clean_lines
+    text = obj.get("text")
+    if not isinstance(text, str) or not text:
+        raise ApiError(422, "text must be a non-empty string")
+    if len(text) > MAX_TEXT:
+        raise ApiError(413, f"text is {len(text):,} characters; the lab reads at most "
+                            f"{MAX_TEXT:,}")
+    cleaned = "".join(clean_lines(text, run.config.clean))    # lines joined as the book does
+    tokens = list(cleaned) if run.config.token == "char" else cleaned.split()
+    if len(tokens) < 2:
+        raise ApiError(422, "text must hold at least two tokens after the run's cleaning "
+                            f"(--clean {run.config.clean})")
+    where: dict[str, list[int]] = {}
+    for i, t in enumerate(tokens):
+        if t not in run.vocab.token_to_idx:
+            where.setdefault(t, []).append(i)
+    if where and obj.get("unknown", "refuse") != "unk":
+        raise ApiError(422, f"{len(where)} character(s) are not in the run's vocabulary: "
+                            + ", ".join(repr(c) for c in list(where)[:10])
+                            + ' — send "unknown": "unk" to score them as <unk>',
+                       text=cleaned, unknown=[{"char": c, "positions": p[:100]}
+                                              for c, p in where.items()])
+    return cleaned, tokens, run.vocab[tokens]
+
+
+async def read_json(request: Request) -> dict:
+    """The request's JSON object, refusing bodies over MAX_BODY before reading them whole."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        raise ApiError(413, f"the request body is over {MAX_BODY:,} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise ApiError(413, f"the request body is over {MAX_BODY:,} bytes")
+    try:
+        obj = json.loads(body or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(400, "the request body is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return obj
+
+
+# ---- the app ------------------------------------------------------------------------------------
+def create_app(run_dirs: list[str | Path]) -> Starlette:
+    """The lab over these run directories (loaded once, here, through safetensors only)."""
+    runs: dict[str, LabRun] = {}
+    for d in run_dirs:
+        path = Path(d)
+        model, vocab, config = load_run(path)
+        name = path.resolve().name or "run"
+        while name in runs:
+            name += "+"
+        runs[name] = LabRun(name, path, model, vocab, config)
+
+    def run_of(request: Request) -> LabRun:
+        name = request.path_params["name"]
+        if name not in runs:
+            raise ApiError(404, f"no run named {name!r}; the lab serves {sorted(runs)}")
+        return runs[name]
+
+    async def index(request):
+        return FileResponse(WEB / "index.html")
+
+    async def list_runs(request):
+        return JSONResponse({"runs": [r.summary() for r in runs.values()]})
+
+    async def metrics(request):
+        run = run_of(request)
+        return JSONResponse({"name": run.name, "metrics": read_metrics(run.path),
+                             "config": run.config.to_dict()})
+
+    async def generate(request):
+        run = run_of(request)
+        req = sampling_request(await read_json(request), run)
+        samples = await run_in_threadpool(_generate, run, req)
+        return JSONResponse({"prefix": req["prefix"], "samples": samples,
+                             "unknown": req["unknown"]})
+
+    async def stream(request):
+        run = run_of(request)
+        req = sampling_request(dict(request.query_params), run)
+        if req["beam"] is not None:
+            raise ApiError(422, "beam search is not streamed; POST to generate instead")
+        return StreamingResponse(_events(run, req), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
+    async def score(request):
+        run = run_of(request)
+        text, tokens, ids = text_request(await read_json(request), run)
+        result = await run_in_threadpool(lambda: lab.score(run.trace(ids), ids))
+        return JSONResponse({"text": text, "tokens": tokens,
+                             "vocab": run.vocab.idx_to_token, **result})
+
+    async def units(request):
+        run = run_of(request)
+        obj = await read_json(request)
+        text, tokens, ids = text_request(obj, run)
+        layer = _field(obj, "layer", int, 0, 0, run.config.layers - 1)
+        state = obj.get("state", "h")
+        if state not in lab.STATES[run.config.cell]:
+            raise ApiError(422, f"state must be one of {', '.join(lab.STATES[run.config.cell])}"
+                                f" for a {run.config.cell} run")
+        result = await run_in_threadpool(lambda: lab.units(run.trace(ids), tokens, layer, state))
+        return JSONResponse({"text": text, "tokens": tokens, **result})
+
+    async def validation(request):
+        run = run_of(request)
+        chars = _field(dict(request.query_params), "chars", int, 2000, 1, MAX_TEXT)
+        return JSONResponse({"text": await run_in_threadpool(_validation_text, run, chars)})
+
+    async def api_error(request, exc: ApiError):
+        return JSONResponse({"error": exc.message, **exc.details}, status_code=exc.status)
+
+    async def http_error(request, exc: HTTPException):
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+
+    routes = [Route("/", index), Route("/api/runs", list_runs),
+              Route("/api/runs/{name}/metrics", metrics),
+              Route("/api/runs/{name}/generate", generate, methods=["POST"]),
+              Route("/api/runs/{name}/stream", stream),
+              Route("/api/runs/{name}/score", score, methods=["POST"]),
+              Route("/api/runs/{name}/units", units, methods=["POST"]),
+              Route("/api/runs/{name}/validation", validation),
+              Mount("/static", StaticFiles(directory=WEB), name="static")]
+    return Starlette(routes=routes, exception_handlers={ApiError: api_error,
+                                                        HTTPException: http_error})
+
+
+def _generate(run: LabRun, req: dict) -> list[dict]:
+    """What `rnnkit generate` prints for these arguments (the same functions)."""
+    sep = "" if run.config.token == "char" else " "
+
+    def text(row):
+        return req["prefix"] + ("" if not sep or not row else sep) + \
+            sep.join(run.vocab.to_tokens(row))
+    if req["beam"] is not None:
+        best = beam_search(run.model, req["ids"], req["num_chars"], beam=req["beam"],
+                           num_results=req["num_samples"])
+        return [{"text": text(row), "log_prob": lp} for row, lp in best]
+    out = generate_ids(run.model, req["ids"], req["num_chars"], num_samples=req["num_samples"],
+                       temperature=req["temperature"], top_k=req["top_k"], top_p=req["top_p"],
+                       seed=req["seed"])
+    return [{"text": text(row)} for row in out.tolist()]
+
+
+async def _events(run: LabRun, req: dict):
+    """Server-sent events: `chunk` {sample, text} as characters come, then `done`."""
+    loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+    sep = "" if run.config.token == "char" else " "
+    if run.engine is None:
+        run.engine = StreamEngine(run.model)
+    generator = (torch.Generator().manual_seed(req["seed"]) if req["seed"] is not None
+                 else None)
+    stream = run.engine.open(Stream(
+        req["ids"], req["num_chars"], req["num_samples"],
+        {"temperature": req["temperature"], "top_k": req["top_k"], "top_p": req["top_p"]},
+        generator, lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)))
+    texts = [req["prefix"]] * req["num_samples"]
+    try:
+        yield _event("start", {"prefix": req["prefix"], "num_samples": req["num_samples"]})
+        while True:
+            items = [await queue.get()]
+            while not queue.empty():
+                items.append(queue.get_nowait())
+            ended = None in items
+            chunks: dict[int, str] = {}
+            for item in items:
+                for sample, token in item or []:
+                    chunks[sample] = chunks.get(sample, "") + sep + run.vocab.idx_to_token[token]
+            for sample, piece in chunks.items():
+                texts[sample] += piece
+                yield _event("chunk", {"sample": sample, "text": piece})
+            if ended:
+                yield _event("done", {"samples": texts})
+                return
+    finally:
+        StreamEngine.close(stream)               # a client that left frees its rows
+
+
+def _event(kind: str, data: dict) -> str:
+    return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def _validation_text(run: LabRun, chars: int) -> str:
+    """The first `chars` tokens of the run's validation slice, as text."""
+    from .data import corpus_path, load_corpus, split_corpus
+    ids, _ = load_corpus(corpus_path(run.config), run.config.clean, run.config.token,
+                         vocab=run.vocab)
+    val = split_corpus(ids, run.config.val_fraction, run.config.max_tokens,
+                       run.config.test_fraction)[1]
+    sep = "" if run.config.token == "char" else " "
+    return sep.join(run.vocab.to_tokens([int(i) for i in val[:chars]]))
+
+
+def serve(run_dirs: list[str], host: str = "127.0.0.1", port: int = 8000, *,
+          ready=None) -> None:
+    """Serve the lab until Ctrl-C. `ready(url)` is called once the socket listens."""
+    import socket
+    import uvicorn
+    app = create_app(run_dirs)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        raise RnnkitError(f"cannot listen on {host}:{port} ({e.strerror}); pick another "
+                          "--port") from None
+    url = f"http://{host if family == socket.AF_INET else f'[{host}]'}:{sock.getsockname()[1]}/"
+    if ready is not None:
+        ready(url)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    uvicorn.Server(config).run(sockets=[sock])

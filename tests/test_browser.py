@@ -1,0 +1,105 @@
+"""The lab's page in a real headless Chromium (Debian's, driven by Playwright): generate, read
+a text, switch hidden units, see the training curve. Screenshots go to $RNNKIT_SCREENSHOTS
+(the README's come from `RNNKIT_SCREENSHOTS=docs pytest tests/test_browser.py`) or tmp_path."""
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+
+from test_lab import TEXT, runs, start_lab  # noqa: F401  (runs: the shared fixture)
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no Chromium on this machine: install Debian's chromium package "
+                             "(apt-get install -y chromium; .ci/run does) to run the page tests")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def page(runs):  # noqa: F811
+    from playwright.sync_api import sync_playwright
+    proc, url = start_lab(*runs)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1100, "height": 760})
+        page.goto(url + "/")
+        page.wait_for_selector("#run option", state="attached")
+        yield page
+        browser.close()
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=30)
+
+
+def _shot(page, name, tmp_path):
+    folder = Path(os.environ.get("RNNKIT_SCREENSHOTS") or tmp_path)
+    page.screenshot(path=str(folder / f"lab-{name}.png"))
+
+
+def test_generate_streams_text_into_the_page(page, tmp_path):
+    page.fill("#gen-prefix", "the time machine")
+    page.fill("#gen-seed", "4")
+    page.click("#gen-go")
+    page.wait_for_function("document.querySelector('#gen-status').textContent === 'done'")
+    texts = page.locator("#gen-out pre").all_inner_texts()
+    assert len(texts) == 2 and all(t.startswith("the time machine") and len(t) == 316
+                                   for t in texts)
+    _shot(page, "generate", tmp_path)
+    page.fill("#gen-length", "10000")                    # a long one, stopped half-way
+    page.click("#gen-go")
+    page.wait_for_function("document.querySelector('#gen-out pre')?.textContent.length > 60")
+    page.click("#gen-stop")
+    page.wait_for_function("document.querySelector('#gen-status').textContent === 'stopped'")
+    assert len(page.locator("#gen-out pre").first.inner_text()) < 10_000
+
+
+def test_reading_a_text_shades_each_character_and_shows_five_guesses(page, tmp_path):
+    page.click("nav button[data-panel=read]")
+    page.fill("#read-text", TEXT)
+    page.click("#read-go")
+    page.wait_for_selector("#read-out span")
+    spans = page.locator("#read-out span")
+    cleaned = "the time traveller for so it will be convenient to speak of him was expounding " \
+              "a recondite matter to us"
+    assert spans.count() == len(cleaned)
+    assert "bits per character" in page.inner_text("#read-summary")
+    page.hover("#read-out span[data-i='12']")
+    page.wait_for_selector("#tooltip:not([hidden])")
+    assert page.locator("#tooltip tr").count() == 5
+    _shot(page, "read", tmp_path)
+
+
+def test_hidden_units_switch_from_the_ranking(page, tmp_path):
+    page.click("nav button[data-panel=units]")
+    page.click("#units-go")
+    page.wait_for_selector("#units-out span")
+    before = page.locator("#units-out span").nth(5).evaluate("e => e.style.background")
+    button = page.locator("#units-ranking button").first
+    unit = button.get_attribute("data-unit")
+    button.click()
+    assert page.input_value("#units-unit") == unit
+    after = page.locator("#units-out span").nth(5).evaluate("e => e.style.background")
+    assert before != after or unit == "0"
+    _shot(page, "units", tmp_path)
+
+
+def test_the_training_panel_draws_both_curves(page, tmp_path):
+    page.click("nav button[data-panel=training]")
+    page.wait_for_selector("#curve polyline.val")
+    assert page.locator("#curve polyline").count() == 2
+    assert "15 epochs" in page.inner_text("#training-status")
+    _shot(page, "training", tmp_path)
+
+
+def test_unknown_characters_are_shown_on_the_page(page):
+    page.select_option("#run", "lstm")
+    page.click("nav button[data-panel=read]")
+    page.fill("#read-text", "He said ¿qué?")
+    page.click("#read-go")
+    page.wait_for_selector("#read-unknown:not([hidden])")
+    assert '"¿" at 8' in page.inner_text("#read-unknown")
+    page.click("#read-anyway")
+    page.wait_for_selector("#read-out span")
+    assert page.locator("#read-out span").count() == len("He said ¿qué?")
