@@ -211,6 +211,10 @@ def main() -> None:
         Path(args.json_out).write_text(line + "\n")
 
 
+def fmt(v: float | None) -> str:
+    return "" if v is None else f"{v:.3f}"
+
+
 def print_table(rows: list[dict]) -> None:
     print("| corpus | budget | rnnkit bits/char (ppl) | oracle | floor | Kneser–Ney (order) "
           "| bzip2 | xz | rnnkit vs oracle | model |")
@@ -218,7 +222,6 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         for budget, m in r["rnnkit"].items():
             vs = (f"{2 ** (m['bits'] - r['oracle']) - 1:+.1%} ppl" if r["oracle"] else "")
-            fmt = (lambda v: "" if v is None else f"{v:.3f}")
             print(f"| {r['corpus']} | {float(budget):g} s | {m['bits']:.3f} ({m['val_ppl']:.2f}) "
                   f"| {fmt(r['oracle'])} | {fmt(r['floor'])} | {r['kneser_ney']:.3f} "
                   f"({r['kn_order']}) | {r['bzip2']:.3f} | {r['xz']:.3f} | {vs} "

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_train(sub) -> None:
-    from .config import CHOICES, PRESETS, TrainConfig
+    from .config import CHOICES, TrainConfig
     d = TrainConfig()
     t = sub.add_parser("train", help="train a model (defaults: the chapter's run)",
                        epilog="example: rnnkit train --preset quality --corpus my.txt "
@@ -91,8 +91,14 @@ def _add_train(sub) -> None:
     opt(g, "--embed", int, "learned embedding size, 0 = one-hot (--impl torch)")
     g.add_argument("--tie", action="store_true", default=S,
                    help="tie embedding and output weights (needs --embed == --hidden)")
+    _add_train_optimization_and_system(t, opt)
+    t.set_defaults(func=cmd_train)
+
+
+def _add_train_optimization_and_system(t, opt) -> None:
+    from .config import PRESETS
     g = t.add_argument_group("optimization")
-    g.add_argument("--preset", default=S, choices=sorted(PRESETS),
+    g.add_argument("--preset", default=argparse.SUPPRESS, choices=sorted(PRESETS),
                    help="bundle of settings: d2l (the chapter) or quality (sized to your corpus "
                         "and --time-budget) (default: d2l)")
     opt(g, "--optimizer")
@@ -122,7 +128,6 @@ def _add_train(sub) -> None:
     g.add_argument("--json", action="store_true", help="JSON lines on stdout, nothing else")
     g.add_argument("--nproc", type=int, default=1,
                    help="train with N processes on this machine (default: 1)")
-    t.set_defaults(func=cmd_train)
 
 
 def _add_generate(sub) -> None:

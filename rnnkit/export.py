@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from .checkpoint import _json_bytes, load_run
@@ -21,7 +20,7 @@ from .files import atomic_write
 from .models import GRUScratch, LSTMScratch, RNNScratch, TorchRNN
 
 OPSET = 17
-GATES = {"rnn": 1, "gru": 3, "lstm": 4}   # gate blocks, in torch.nn's order (GRU r z n, LSTM i f g o)
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}   # gate blocks in torch.nn's order: GRU r z n, LSTM i f g o
 
 
 @dataclass
@@ -89,8 +88,10 @@ class _Graph:
 def _step(g: _Graph, cell: str, k: int, layer: Layer, x: str, h: str, c: str | None,
           hidden: int) -> tuple[str, str | None]:
     """One layer's equations (torch.nn's forms): its new (h, c)."""
-    gx = g.op("Add", g.op("MatMul", x, g.const(f"W_x{k}", layer.W_x)), g.const(f"b_x{k}", layer.b_x))
-    gh = g.op("Add", g.op("MatMul", h, g.const(f"W_h{k}", layer.W_h)), g.const(f"b_h{k}", layer.b_h))
+    gx = g.op("Add", g.op("MatMul", x, g.const(f"W_x{k}", layer.W_x)),
+              g.const(f"b_x{k}", layer.b_x))                              # (N, G·H)
+    gh = g.op("Add", g.op("MatMul", h, g.const(f"W_h{k}", layer.W_h)),
+              g.const(f"b_h{k}", layer.b_h))                              # (N, G·H)
     if cell == "rnn":                                     # h' = tanh(x W_x + b_x + h W_h + b_h)
         return g.op("Tanh", g.op("Add", gx, gh)), None
     split = g.const(f"split{k}", np.full(GATES[cell], hidden, dtype=np.int64))

@@ -6,8 +6,9 @@ The rule (char-rnn's guidance, measured on this project's 2-core CPU, see README
      PARAMS_PER_TOKEN x the training tokens. More parameters than tokens overfit unless dropout
      regularises them, which is what step 3 does.
   2. Time caps capacity: the model must see the training slice at least MIN_EPOCHS times in the
-     budget, at the speed a width is expected to run: its FLOPs per token at the rate this
-     machine trains a small LSTM (`measure_rate`, half a second). Measured on Tiny Shakespeare
+     budget — or, when the corpus is too large for that, at least TOKENS_PER_PARAMETER tokens
+     per parameter — at the speed a width is expected to run: its FLOPs per token at the rate
+     this machine trains a small LSTM (`measure_rate`, half a second). Measured on Tiny Shakespeare
      at 86 s: LSTM-192 (7 epochs) 1.675 nats/char, 256 (5) 1.699, 384 (3) 1.786, 512 (2) 1.871:
      below ~8 epochs a narrower model that sees the text more often wins.
   3. Regularise by the excess: dropout grows with log2(parameters / tokens); weight decay too.
@@ -22,6 +23,7 @@ WIDTHS = (64, 128, 192, 256, 384, 512, 768, 1024)
 EMBED = 64
 PARAMS_PER_TOKEN = 6.0      # step 1: parameters allowed per training token (dropout covers it)
 MIN_EPOCHS = 8.0            # step 2: passes over the training slice the budget must allow
+TOKENS_PER_PARAMETER = 20   # step 2, large corpora: tokens seen per parameter (compute-bound)
 FLOPS_PER_SECOND = 1.1e11   # step 2: a 2-core Zen 4 training torch's fused LSTM (measured)
 MAX_DROPOUT = 0.5
 
@@ -65,14 +67,23 @@ def measure_rate(device: str = "cpu", seconds: float = 0.5) -> float:
     return steps * 6400 * 6 * sum(p.numel() for p in params) / elapsed
 
 
+def affordable(hidden: int, vocab_size: int, train_tokens: int, time_budget: float,
+               rate: float) -> bool:
+    """Step 2: whether the budget lets this width see MIN_EPOCHS passes over the training
+    slice, or TOKENS_PER_PARAMETER tokens per parameter where that is fewer (no budget: yes)."""
+    needed = min(MIN_EPOCHS * train_tokens,
+                 TOKENS_PER_PARAMETER * lstm_parameters(hidden, vocab_size))
+    return not time_budget or tokens_per_second(hidden, vocab_size, rate) * time_budget >= needed
+
+
 def quality_settings(train_tokens: int, vocab_size: int, time_budget: float,
                      rate: float = FLOPS_PER_SECOND) -> dict:
     """The sized part of `--preset quality` (see the module docstring for the rule); `rate`:
     this machine's training FLOP/s (`measure_rate`)."""
     fits_data = [h for h in WIDTHS
                  if lstm_parameters(h, vocab_size) <= PARAMS_PER_TOKEN * train_tokens]
-    fits_time = [h for h in WIDTHS if not time_budget or tokens_per_second(
-        h, vocab_size, rate) * time_budget >= MIN_EPOCHS * train_tokens]
+    fits_time = [h for h in WIDTHS
+                 if affordable(h, vocab_size, train_tokens, time_budget, rate)]
     hidden = min(max(fits_data, default=WIDTHS[0]), max(fits_time, default=WIDTHS[0]))
     excess = math.log2(max(lstm_parameters(hidden, vocab_size) / train_tokens, 1.0))
     dropout = round(min(MAX_DROPOUT, 0.1 + 0.1 * excess), 2)

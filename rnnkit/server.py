@@ -1,6 +1,6 @@
 """`rnnkit serve`: a local web lab over trained runs — one static page (rnnkit/web/) and a JSON
 API on Starlette + uvicorn. Requests name runs, never files. Model work runs in threads, never
-on the event loop, and the generation streams of a run are stepped together (`StreamEngine`).
+on the event loop, and the generation streams of a run are stepped together (streams.py).
 """
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from starlette.staticfiles import StaticFiles
 from . import lab
 from .checkpoint import load_run
 from .errors import RnnkitError
-from .generate import beam_search, generate_ids, pick_next, prefix_ids, stepper
+from .generate import beam_search, generate_ids, prefix_ids
+from .streams import Stream, StreamEngine
 
 WEB = Path(__file__).parent / "web"
 MAX_BODY, MAX_TEXT, MAX_CHARS, MAX_SAMPLES, MAX_BEAM = 1 << 20, 100_000, 10_000, 64, 64
@@ -89,97 +90,6 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [r for r in rows if isinstance(r, dict)]
 
 
-# ---- generation streams, batched --------------------------------------------------------------
-@dataclass
-class Stream:
-    """One client's request: `samples` rows that read the prefix, then make `num_chars` tokens."""
-    prefix: list[int]
-    num_chars: int
-    samples: int
-    sampling: dict                          # temperature, top_k, top_p (as `pick_next` takes)
-    generator: torch.Generator | None
-    emit: object                            # emit([(sample, token id), ...]) or emit(None): done
-    rows: list[tuple[int, int]] = field(default_factory=list)   # (block, slot) of each sample
-    read: int = 0                           # prefix tokens read so far
-    made: int = 0                           # tokens made so far
-    cancelled: bool = False
-
-
-class StreamEngine:
-    """Steps every open stream of one run as one batch, in a thread of its own.
-
-    Rows live in blocks of BLOCK slots and every block is stepped with exactly BLOCK rows: a
-    fixed-size GEMM computes each row independently of its neighbours (tests/test_lab.py checks
-    it), so a stream's text is exactly what it would be alone, whoever else is connected, and
-    its own generator alone draws its samples."""
-    BLOCK = 16
-
-    def __init__(self, model: torch.nn.Module):
-        self.model = model
-        self.blocks, self.inputs, self.free = [], [], []     # steppers, their ids, free slots
-        self.streams: list[Stream] = []
-        self.pending: list[Stream] = []
-        self.cond = threading.Condition()
-        threading.Thread(target=self._run, daemon=True, name="rnnkit-streams").start()
-
-    def open(self, stream: Stream) -> Stream:
-        """Queue `stream`; the engine gives it rows between two steps."""
-        with self.cond:
-            self.pending.append(stream)
-            self.cond.notify()
-        return stream
-
-    @staticmethod
-    def close(stream: Stream) -> None:
-        stream.cancelled = True                         # the engine frees its rows next step
-
-    def _run(self) -> None:
-        with torch.inference_mode():
-            while True:
-                with self.cond:
-                    while not self.streams and not self.pending:
-                        self.cond.wait()
-                    for stream in self.pending:
-                        self._admit(stream)
-                    self.pending.clear()
-                self._step()
-
-    def _admit(self, stream: Stream) -> None:
-        while len(self.free) < stream.samples:
-            self.blocks.append(stepper(self.model, self.BLOCK))
-            self.inputs.append(torch.zeros(self.BLOCK, dtype=torch.long))
-            self.free += [(len(self.blocks) - 1, s) for s in range(self.BLOCK)]
-        stream.rows, self.free = self.free[:stream.samples], self.free[stream.samples:]
-        for b, s in stream.rows:
-            self.blocks[b].reset([s])                   # a fresh zero state for each sample
-            self.inputs[b][s] = stream.prefix[0]
-        self.streams.append(stream)
-
-    def _step(self) -> None:
-        logits = [block(ids) for block, ids in zip(self.blocks, self.inputs)]   # (BLOCK, V) each
-        for stream in list(self.streams):
-            if not stream.cancelled and stream.made < stream.num_chars:
-                self._advance(stream, logits)
-            if stream.cancelled or stream.made >= stream.num_chars:
-                self.streams.remove(stream)
-                self.free += stream.rows
-                if not stream.cancelled:
-                    stream.emit(None)
-
-    def _advance(self, stream: Stream, logits: list[torch.Tensor]) -> None:
-        if stream.read + 1 < len(stream.prefix):        # warm-up: read the next prefix token
-            stream.read += 1
-            for b, s in stream.rows:
-                self.inputs[b][s] = stream.prefix[stream.read]
-            return
-        rows = torch.stack([logits[b][s] for b, s in stream.rows])              # (samples, V)
-        ids = pick_next(rows, **stream.sampling, generator=stream.generator)    # (samples,)
-        for (b, s), token in zip(stream.rows, ids.tolist()):
-            self.inputs[b][s] = token
-        stream.made += 1
-        stream.emit(list(enumerate(ids.tolist())))
-
-
 # ---- requests -----------------------------------------------------------------------------------
 def _field(obj: dict, name: str, kind, default, low=None, high=None):
     """obj[name] as `kind` within [low, high], or `default` when absent; ApiError otherwise."""
@@ -217,6 +127,9 @@ def sampling_request(obj: dict, run: LabRun) -> dict:
            "beam": _field(obj, "beam", int, None, 1, MAX_BEAM)}
     if req["beam"] is not None and req["num_samples"] > req["beam"]:
         raise ApiError(422, "num_samples must be at most beam")
+    if req["beam"] is not None and (req["temperature"] or req["top_k"] or req["top_p"]):
+        raise ApiError(422, "beam searches for the likeliest text: it takes no temperature, "
+                            "top_k or top_p")
     return req
 
 
@@ -279,79 +192,92 @@ def create_app(run_dirs: list[str | Path]) -> Starlette:
         while name in runs:
             name += "+"
         runs[name] = LabRun(name, path, model, vocab, config)
+    app = Starlette(routes=ROUTES, exception_handlers={ApiError: api_error,
+                                                      HTTPException: http_error})
+    app.state.runs = runs
+    return app
 
-    def run_of(request: Request) -> LabRun:
-        name = request.path_params["name"]
-        if name not in runs:
-            raise ApiError(404, f"no run named {name!r}; the lab serves {sorted(runs)}")
-        return runs[name]
 
-    async def index(request):
-        return FileResponse(WEB / "index.html")
+def run_of(request: Request) -> LabRun:
+    runs, name = request.app.state.runs, request.path_params["name"]
+    if name not in runs:
+        raise ApiError(404, f"no run named {name!r}; the lab serves {sorted(runs)}")
+    return runs[name]
 
-    async def list_runs(request):
-        return JSONResponse({"runs": [r.summary() for r in runs.values()]})
 
-    async def metrics(request):
-        run = run_of(request)
-        return JSONResponse({"name": run.name, "metrics": read_metrics(run.path),
-                             "config": run.config.to_dict()})
+async def index(request):
+    return FileResponse(WEB / "index.html")
 
-    async def generate(request):
-        run = run_of(request)
-        req = sampling_request(await read_json(request), run)
-        samples = await run_in_threadpool(_generate, run, req)
-        return JSONResponse({"prefix": req["prefix"], "samples": samples,
-                             "unknown": req["unknown"]})
 
-    async def stream(request):
-        run = run_of(request)
-        req = sampling_request(dict(request.query_params), run)
-        if req["beam"] is not None:
-            raise ApiError(422, "beam search is not streamed; POST to generate instead")
-        return StreamingResponse(_events(run, req), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+async def list_runs(request):
+    return JSONResponse({"runs": [r.summary() for r in request.app.state.runs.values()]})
 
-    async def score(request):
-        run = run_of(request)
-        text, tokens, ids = text_request(await read_json(request), run)
-        result = await run_in_threadpool(lambda: lab.score(run.trace(ids), ids))
-        return JSONResponse({"text": text, "tokens": tokens,
-                             "vocab": run.vocab.idx_to_token, **result})
 
-    async def units(request):
-        run = run_of(request)
-        obj = await read_json(request)
-        text, tokens, ids = text_request(obj, run)
-        layer = _field(obj, "layer", int, 0, 0, run.config.layers - 1)
-        state = obj.get("state", "h")
-        if state not in lab.STATES[run.config.cell]:
-            raise ApiError(422, f"state must be one of {', '.join(lab.STATES[run.config.cell])}"
-                                f" for a {run.config.cell} run")
-        result = await run_in_threadpool(lambda: lab.units(run.trace(ids), tokens, layer, state))
-        return JSONResponse({"text": text, "tokens": tokens, **result})
+async def metrics(request):
+    run = run_of(request)
+    return JSONResponse({"name": run.name, "metrics": read_metrics(run.path),
+                         "config": run.config.to_dict()})
 
-    async def validation(request):
-        run = run_of(request)
-        chars = _field(dict(request.query_params), "chars", int, 2000, 1, MAX_TEXT)
-        return JSONResponse({"text": await run_in_threadpool(_validation_text, run, chars)})
 
-    async def api_error(request, exc: ApiError):
-        return JSONResponse({"error": exc.message, **exc.details}, status_code=exc.status)
+async def generate(request):
+    run = run_of(request)
+    req = sampling_request(await read_json(request), run)
+    samples = await run_in_threadpool(_generate, run, req)
+    return JSONResponse({"prefix": req["prefix"], "samples": samples, "unknown": req["unknown"]})
 
-    async def http_error(request, exc: HTTPException):
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
 
-    routes = [Route("/", index), Route("/api/runs", list_runs),
-              Route("/api/runs/{name}/metrics", metrics),
-              Route("/api/runs/{name}/generate", generate, methods=["POST"]),
-              Route("/api/runs/{name}/stream", stream),
-              Route("/api/runs/{name}/score", score, methods=["POST"]),
-              Route("/api/runs/{name}/units", units, methods=["POST"]),
-              Route("/api/runs/{name}/validation", validation),
-              Mount("/static", StaticFiles(directory=WEB), name="static")]
-    return Starlette(routes=routes, exception_handlers={ApiError: api_error,
-                                                        HTTPException: http_error})
+async def stream(request):
+    run = run_of(request)
+    req = sampling_request(dict(request.query_params), run)
+    if req["beam"] is not None:
+        raise ApiError(422, "beam search is not streamed; POST to generate instead")
+    return StreamingResponse(_events(run, req), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})
+
+
+async def score(request):
+    run = run_of(request)
+    text, tokens, ids = text_request(await read_json(request), run)
+    result = await run_in_threadpool(lambda: lab.score(run.trace(ids), ids))
+    return JSONResponse({"text": text, "tokens": tokens, "vocab": run.vocab.idx_to_token,
+                         **result})
+
+
+async def units(request):
+    run = run_of(request)
+    obj = await read_json(request)
+    text, tokens, ids = text_request(obj, run)
+    layer = _field(obj, "layer", int, 0, 0, run.config.layers - 1)
+    state = obj.get("state", "h")
+    if state not in lab.STATES[run.config.cell]:
+        raise ApiError(422, f"state must be one of {', '.join(lab.STATES[run.config.cell])} "
+                            f"for a {run.config.cell} run")
+    result = await run_in_threadpool(lambda: lab.units(run.trace(ids), tokens, layer, state))
+    return JSONResponse({"text": text, "tokens": tokens, **result})
+
+
+async def validation(request):
+    run = run_of(request)
+    chars = _field(dict(request.query_params), "chars", int, 2000, 1, MAX_TEXT)
+    return JSONResponse({"text": await run_in_threadpool(_validation_text, run, chars)})
+
+
+async def api_error(request, exc: ApiError):
+    return JSONResponse({"error": exc.message, **exc.details}, status_code=exc.status)
+
+
+async def http_error(request, exc: HTTPException):
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+
+
+ROUTES = [Route("/", index), Route("/api/runs", list_runs),
+          Route("/api/runs/{name}/metrics", metrics),
+          Route("/api/runs/{name}/generate", generate, methods=["POST"]),
+          Route("/api/runs/{name}/stream", stream),
+          Route("/api/runs/{name}/score", score, methods=["POST"]),
+          Route("/api/runs/{name}/units", units, methods=["POST"]),
+          Route("/api/runs/{name}/validation", validation),
+          Mount("/static", StaticFiles(directory=WEB), name="static")]
 
 
 def _generate(run: LabRun, req: dict) -> list[dict]:
@@ -390,11 +316,17 @@ async def _events(run: LabRun, req: dict):
             items = [await queue.get()]
             while not queue.empty():
                 items.append(queue.get_nowait())
+            failure = next((i for i in items if isinstance(i, str)), None)
+            if failure is not None:
+                yield _event("error", {"error": failure})
+                return
             ended = None in items
             chunks: dict[int, str] = {}
             for item in items:
-                for sample, token in item or []:
-                    chunks[sample] = chunks.get(sample, "") + sep + run.vocab.idx_to_token[token]
+                for step in item or []:                  # one token id per sample
+                    for sample, token in enumerate(step):
+                        chunks[sample] = chunks.get(sample, "") + sep + \
+                            run.vocab.idx_to_token[token]
             for sample, piece in chunks.items():
                 texts[sample] += piece
                 yield _event("chunk", {"sample": sample, "text": piece})

@@ -2,7 +2,6 @@
 against rnnkit itself in onnxruntime, and runs that load anywhere."""
 import itertools
 import json
-import math
 
 import numpy as np
 import onnxruntime as ort

@@ -2,7 +2,6 @@
 and a server that keeps serving."""
 import base64
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -18,7 +17,7 @@ import torch
 from rnnkit import lab
 from rnnkit.checkpoint import load_run
 from rnnkit.cli import main
-from rnnkit.server import StreamEngine
+from rnnkit.streams import StreamEngine
 
 TEXT = ("The Time Traveller (for so it will be convenient to speak of him) was expounding a "
         "recondite matter to us.")

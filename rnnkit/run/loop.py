@@ -20,7 +20,7 @@ from .state import RunState
 
 
 def epoch_rng(seed: int, epoch: int) -> random.Random:
-    """The batch-order generator of one epoch: a pure function of (seed, epoch), so resume is exact."""
+    """The batch order of one epoch: a pure function of (seed, epoch), so resume is exact."""
     return random.Random(f"rnnkit:{seed}:{epoch}")
 
 

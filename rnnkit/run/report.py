@@ -118,7 +118,7 @@ def describe(run: Run) -> list[str]:
                       f", dropout {c.dropout}" if c.dropout else "", ", tied" if c.tie else ""])
     params = sum(p.numel() for p in run.model.parameters())
     batches = max(1, (len(run.train_ids) - 1) // (c.batch_size * c.num_steps))
-    until = f"{c.epochs} epochs" + (f" or {c.time_budget:g} s" if c.time_budget else "") + \
+    until = f"{c.epochs} epoch{'s' if c.epochs != 1 else ''}" + (f" or {c.time_budget:g} s" if c.time_budget else "") + \
         (f", early stop after {c.patience} without a better validation" if c.patience else "")
     return [
         f"corpus      {corpus}: {run.corpus_tokens:,} {c.token} tokens after --clean "

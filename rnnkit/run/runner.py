@@ -53,8 +53,8 @@ def train_run(config: TrainConfig | None, out: str | Path, *, resume: bool = Fal
 def _train(config: TrainConfig, out: Path, team: Team, vocab, *, resume: bool, force: bool,
            json_lines: bool, checkpoint_every: float, stdout) -> dict:
     run = setup_run(config, team, vocab)
-    header = describe(run) if team.main and not json_lines else []  # times two batches (on a
-    torch.manual_seed(config.seed)     # copy, RNG forked); dropout draws from the global RNG
+    # the first lines time two batches on a copy of the model, the RNG forked: nothing changes
+    header = describe(run) if team.main and not json_lines else []
     torch.manual_seed(config.seed)     # dropout draws from the global generator (checkpointed)
     rundir = RunDirectory(out)
     try:
@@ -62,8 +62,9 @@ def _train(config: TrainConfig, out: Path, team: Team, vocab, *, resume: bool, f
         report = Reporter(checkpoints.out, epochs=run.config.epochs,
                           sample_every=run.config.sample_every, samples=lambda: samples(run),
                           json_lines=json_lines, stdout=stdout, active=team.main)
-        for line in header + ([f"resumed     at epoch {state.epoch + 1}, batch "
-                                      f"{state.batch + 1}"] if resume else []):
+        if resume:
+            header.append(f"resumed     at epoch {state.epoch + 1}, batch {state.batch + 1}")
+        for line in header:
             report.line(line)
         report.start(state.metrics)
         try:
@@ -84,38 +85,13 @@ def _train(config: TrainConfig, out: Path, team: Team, vocab, *, resume: bool, f
 
 def _open_run(run: Run, rundir: RunDirectory, *, resume: bool,
               force: bool) -> tuple[RunState, Checkpointer]:
-    """The state to start from and the checkpointer. A resumed run continues in place; a new
-    one is built aside and takes the run directory's place once it holds a checkpoint."""
+    """The state to start from and the checkpointer, with the run directory locked."""
     team, failure = run.team, None
     try:
         if team.main:
             rundir.claim()
             check_out_dir(rundir.out, resume=resume, force=force)  # again, now that it is ours
-        if resume:
-            full = [tuple(s.shape) for s in run.model.begin_state(run.config.batch_size, "meta")]
-            state = load_state(rundir.out / "model.safetensors", run.model, run.optimizer, full)
-            if state.epoch < run.config.epochs and state.batch >= len(epoch_batches(run, state.epoch)):
-                raise RnnkitError(f"{rundir.out / 'model.safetensors'}: its training state "
-                                  f"(batch {state.batch} of epoch {state.epoch + 1}) does not "
-                                  "fit the run")
-            carried = state.carried and tuple(s.to(team.device) for s in state.carried)
-            state.carried = team.own_rows(carried, run.config.batch_size)
-            state.metrics = state.metrics[:state.epoch]
-            if state.rng is not None:
-                torch.set_rng_state(state.rng)
-            if team.main:                  # config.json says how the run goes on from here
-                ckpt.save_run_metadata(rundir.out, run.config, run.vocab)
-            return state, Checkpointer(rundir.out, run, has_checkpoint=True)
-        state = RunState()
-        checkpoints = Checkpointer(rundir.out, run, has_checkpoint=False)
-        if team.main:
-            checkpoints.out = rundir.stage()
-            ckpt.save_run_metadata(checkpoints.out, run.config, run.vocab)
-        checkpoints.save(state)          # a run is resumable from its first moment
-        if team.main:
-            rundir.publish()
-            checkpoints.out = rundir.out
-        return state, checkpoints
+        return _resumed(run, rundir) if resume else _started(run, rundir)
     except BaseException as e:
         failure = e
         raise
@@ -123,6 +99,39 @@ def _open_run(run: Run, rundir: RunDirectory, *, resume: bool,
         (failed,) = team.agree(failure is not None)
         if failed and failure is None:
             raise RnnkitError("rank 0 could not open the run directory (it says why)")
+
+
+def _resumed(run: Run, rundir: RunDirectory) -> tuple[RunState, Checkpointer]:
+    """A resumed run continues in place, from its last checkpoint's state, checked first."""
+    team, path = run.team, rundir.out / "model.safetensors"
+    full = [tuple(s.shape) for s in run.model.begin_state(run.config.batch_size, "meta")]
+    state = load_state(path, run.model, run.optimizer, full)
+    if state.epoch < run.config.epochs and state.batch >= len(epoch_batches(run, state.epoch)):
+        raise RnnkitError(f"{path}: its training state (batch {state.batch} of epoch "
+                          f"{state.epoch + 1}) does not fit the run")
+    carried = state.carried and tuple(s.to(team.device) for s in state.carried)
+    state.carried = team.own_rows(carried, run.config.batch_size)
+    state.metrics = state.metrics[:state.epoch]
+    if state.rng is not None:
+        torch.set_rng_state(state.rng)
+    if team.main:                          # config.json says how the run goes on from here
+        ckpt.save_run_metadata(rundir.out, run.config, run.vocab)
+    return state, Checkpointer(rundir.out, run, has_checkpoint=True)
+
+
+def _started(run: Run, rundir: RunDirectory) -> tuple[RunState, Checkpointer]:
+    """A new run is built aside and takes the run directory's place once it holds a
+    checkpoint (until then an old run, with --force, stays whole)."""
+    state = RunState()
+    checkpoints = Checkpointer(rundir.out, run, has_checkpoint=False)
+    if run.team.main:
+        checkpoints.out = rundir.stage()
+        ckpt.save_run_metadata(checkpoints.out, run.config, run.vocab)
+    checkpoints.save(state)              # a run is resumable from its first moment
+    if run.team.main:
+        rundir.publish()
+        checkpoints.out = rundir.out
+    return state, checkpoints
 
 
 def samples(run: Run) -> list[str]:

@@ -102,7 +102,7 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict, path: Pa
 
 
 def _checked(name: str, value, default, path: Path):
-    """`value` if it has the type of the field's default (None allowed where the default is None)."""
+    """`value` if it has the type of the field's default (or None where the default is None)."""
     if name == "best_val_ppl":
         ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
     elif name == "metrics":

@@ -95,6 +95,8 @@ async function generate() {
         pres[data.sample].textContent += data.text;
       } else if (kind === "done") {
         $("gen-status").textContent = "done";
+      } else if (kind === "error") {
+        $("gen-status").textContent = data.error;
       }
     });
   } catch (e) {

@@ -1,0 +1,106 @@
+"""Web lab speed, over real HTTP against `rnnkit serve` in its own process:
+
+  - `score` then `units` of a 10,000-character text on the chapter's model (RNN-512),
+  - time to the first streamed characters,
+  - aggregate characters/s of 32 concurrent streaming clients against one client alone.
+
+Prints a table and one JSON line.
+
+    python benchmarks/serve.py [--run RUN_DIR]   # default: trains the chapter's model, 100 epochs
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from test_lab import start_lab  # noqa: E402
+
+
+def stream_chars(url: str, num_chars: int, seed: int, first: list | None = None) -> int:
+    """Characters received over one stream (sampled, so every client differs)."""
+    start, got = time.perf_counter(), 0
+    with httpx.stream("GET", url, params={"num_chars": num_chars, "temperature": 0.8,
+                                          "seed": seed}, timeout=300) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: ") and '"text"' in line:
+                if first is not None and not got:
+                    first.append(time.perf_counter() - start)
+                got += len(json.loads(line[6:])["text"])
+    return got
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", help="a chapter run (default: train one here, 100 epochs)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        run = args.run or str(Path(tmp) / "chapter")
+        if not args.run:
+            subprocess.run([sys.executable, "-m", "rnnkit", "train", "--epochs", "100",
+                            "--sample-every", "0", "--json", "--out", run], check=True,
+                           capture_output=True)
+        proc, url = start_lab(run)
+        name = Path(run).name
+        try:
+            result = measure(f"{url}/api/runs/{name}")
+        finally:
+            proc.terminate()
+            proc.wait()
+    print(f"{'what':44s} {'figure':>14s}")
+    print(f"{'score + units, 10,000 characters':44s} {result['score_units_ms']:11.0f} ms")
+    print(f"{'  score alone / units after it':44s} {result['score_ms']:6.0f} / "
+          f"{result['units_ms']:.0f} ms")
+    print(f"{'first streamed characters':44s} {result['first_chars_ms']:11.0f} ms")
+    print(f"{'one client':44s} {result['one_client_chars_per_s']:9,.0f} chars/s")
+    print(f"{'32 clients, aggregate':44s} {result['clients32_chars_per_s']:9,.0f} chars/s "
+          f"({result['clients32_ratio']:.1f}x)")
+    print(json.dumps({"benchmark": "serve", **result}))
+
+
+def measure(api: str) -> dict:
+    from rnnkit.data import time_machine_text
+    text = time_machine_text()[:12_000]
+    client = httpx.Client(timeout=120)
+    timings = []
+    for i in range(5):                                   # a fresh text each round: no cache
+        body = {"text": text[i:i + 10_000]}
+        start = time.perf_counter()
+        client.post(f"{api}/score", json=body).raise_for_status()
+        mid = time.perf_counter()
+        client.post(f"{api}/units", json=body).raise_for_status()
+        timings.append((mid - start, time.perf_counter() - mid))
+    score_ms = statistics.median(t[0] for t in timings) * 1000
+    units_ms = statistics.median(t[1] for t in timings) * 1000
+    firsts: list[float] = []
+    for seed in range(5):
+        stream_chars(f"{api}/stream", 20, seed, firsts)
+    start = time.perf_counter()
+    one = stream_chars(f"{api}/stream", 3000, 0) / (time.perf_counter() - start)
+    counts = [0] * 32
+
+    def client_thread(i):
+        counts[i] = stream_chars(f"{api}/stream", 3000, i)
+    threads = [threading.Thread(target=client_thread, args=(i,)) for i in range(32)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    many = sum(counts) / (time.perf_counter() - start)
+    return {"score_ms": score_ms, "units_ms": units_ms, "score_units_ms": score_ms + units_ms,
+            "first_chars_ms": statistics.median(firsts) * 1000, "one_client_chars_per_s": one,
+            "clients32_chars_per_s": many, "clients32_ratio": many / one}
+
+
+if __name__ == "__main__":
+    main()
