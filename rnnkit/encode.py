@@ -22,7 +22,6 @@ from .text import Vocab, text_to_ids
 
 CHUNK = 1 << 20                        # bytes read at a time: bounds the working memory
 CACHE_FORMAT = "rnnkit-ids-v3"         # ids file + JSON metadata (length, crc32, vocabulary)
-_LETTERS = bytes(range(65, 91)) + bytes(range(97, 123))
 # d2l cleaning as one byte map: letters → lower case, newlines kept, everything else → space.
 # Every byte of a multi-byte UTF-8 character is ≥ 0x80, a non-letter, as the book's regex says.
 _D2L_TABLE = bytes(c + 32 if 65 <= c <= 90 else c if 97 <= c <= 122 else 10 if c in (10, 13)
