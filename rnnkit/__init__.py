@@ -1,8 +1,9 @@
 """rnnkit: the char-level RNN language model of *Dive into Deep Learning*, as real software.
 
 Data flows text → vocab → batches → model → loss → update → samples through the modules
-`text`, `data` (+ `encode` for large corpora), `models` (+ `bptt`), `train`, `generate`;
-`checkpoint`, `runner` and `cli` make runs of them, and `d2l` keeps the book's names.
+`text`, `encode` (files → cached ids), `data`, `models` (+ `bptt`), `train`, `generate`;
+`checkpoint`, `run/` and `cli` make runs of them, `export`, `lab` + `server` serve them, and
+`d2l` keeps the book's names.
 Names are imported on first use, so `rnnkit prepare` and `rnnkit vocab` start without torch.
 """
 import importlib

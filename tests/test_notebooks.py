@@ -40,7 +40,7 @@ def test_the_chapter_notebooks_run_in_a_real_kernel_with_inline_plots(name, tmp_
         cell.source = cell.source.replace("num_epochs, lr = 500, 1", "num_epochs, lr = 20, 1")
     _execute(nb, tmp_path)
     text = _text(nb)
-    assert text.count("tokens/sec on cpu") == (2 if name == "rnn_scratch" else 2)
+    assert text.count("tokens/sec on cpu") == 2               # each notebook trains twice
     trains = [c for c in code if "train_ch8(" in c.source and "def " not in c.source]
     assert trains and all(len(_outputs(c, "image/png")) == 1 for c in trains)  # redrawn in place
     assert not list(tmp_path.glob("*.png"))                # inline, not files, in a notebook

@@ -129,6 +129,8 @@ async function readEvents(response, onEvent) {
 async function score(unknown = "refuse") {
   $("read-status").textContent = "scoring…";
   $("read-unknown").hidden = true;
+  $("read-out").innerHTML = "";                   // no stale shading from an earlier text
+  $("read-summary").textContent = "";
   try {
     scored = await api(`/api/runs/${run.name}/score`, {text: $("read-text").value, unknown});
   } catch (e) {
