@@ -5,6 +5,9 @@
     RUN/model.safetensors  weights of the last checkpoint, plus (as `trainer.*` tensors and JSON
                            metadata) where training stands: see `run/state.py`
     RUN/best.safetensors   weights of the epoch with the best validation perplexity
+    RUN/ngram.safetensors  the Kneser–Ney counts mixed into the network (`--ngram`, ngram.py):
+                           sorted n-gram keys and counts per context length, and in the
+                           metadata the discounts, the mixing weights and their figures
 Every file is written atomically (temporary file, fsync, rename), so a crash leaves the
 previous checkpoint whole. Every file is checked to be a regular file of a bounded size, and a
 checkpoint's tensor shapes are checked against the config before anything is allocated.
@@ -26,10 +29,12 @@ from .config import TrainConfig
 from .errors import RnnkitError
 from .files import atomic_write, check_regular_file, read_bounded
 from .models import build_model, check_size
+from .ngram import KneserNey, NgramMixture
 from .text import Vocab
 
 RUN_FILES = ("config.json", "vocab.json", "model.safetensors")
-OUTPUT_FILES = RUN_FILES + ("metrics.jsonl", "perplexity.png", "best.safetensors")
+OUTPUT_FILES = RUN_FILES + ("metrics.jsonl", "perplexity.png", "best.safetensors",
+                            "ngram.safetensors")
 WEIGHTS = {"best": "best.safetensors", "last": "model.safetensors"}
 MAX_JSON_BYTES = 64 << 20        # config.json, vocab.json (a vocabulary of a million words fits)
 MAX_HEADER_BYTES = 100 << 20     # a safetensors header: names, shapes, offsets and metadata
@@ -197,12 +202,53 @@ def weights_path(run_dir: str | os.PathLike, weights: str = "best") -> Path:
     return run / name
 
 
+def save_ngram(path: Path, mixture: NgramMixture) -> None:
+    """The n-gram part of a mixture (counts, discounts, weights, figures), written atomically."""
+    ngram = mixture.ngram
+    tensors = {}
+    for k, table in enumerate(ngram.tables):
+        tensors[f"keys.{k}"] = torch.from_numpy(table.keys)
+        tensors[f"counts.{k}"] = torch.from_numpy(table.counts)
+    metadata = {"format": "rnnkit-ngram", "order": str(ngram.order),
+                "discounts": json.dumps([t.discount for t in ngram.tables]),
+                "weights": json.dumps(mixture.weights.tolist()),
+                "report": json.dumps(getattr(mixture, "report", {}))}
+    atomic_write(path, st_save(tensors, metadata=metadata))
+
+
+def load_ngram(path: Path, network: nn.Module, vocab_size: int) -> NgramMixture:
+    """`network` mixed with the n-gram model saved at `path`, every array checked first."""
+    shapes, metadata = read_header(path)
+    bad = f"{path} is not a valid rnnkit n-gram file"
+    try:
+        order = int(metadata.get("order", ""))
+        discounts = json.loads(metadata["discounts"])
+        weights = json.loads(metadata["weights"])
+        report = json.loads(metadata.get("report", "{}"))
+    except (KeyError, ValueError):
+        raise RnnkitError(f"{bad} (its metadata is corrupted)") from None
+    names = {f"{kind}.{k}" for kind in ("keys", "counts") for k in range(max(order + 1, 0))}
+    if metadata.get("format") != "rnnkit-ngram" or set(shapes) != names:
+        raise RnnkitError(f"{bad} (it holds {sorted(shapes)[:4]}…)")
+    tensors = read_checkpoint(path)[0]
+    try:
+        mixture = NgramMixture(network, KneserNey.from_arrays(
+            [(tensors[f"keys.{k}"].numpy(), tensors[f"counts.{k}"].numpy())
+             for k in range(order + 1)], discounts, vocab_size), weights)
+    except (ValueError, TypeError) as e:
+        raise RnnkitError(f"{bad} ({e})") from None
+    mixture.report = report if isinstance(report, dict) else {}
+    return mixture.eval()
+
+
 def load_run(run_dir: str | os.PathLike, *, weights: str | None = None,
-             device: str | torch.device = "cpu") -> tuple[nn.Module, Vocab, TrainConfig]:
+             device: str | torch.device = "cpu", ngram: bool = True
+             ) -> tuple[nn.Module, Vocab, TrainConfig]:
     """Rebuild a trained model from a run directory: (model in eval mode, vocab, config).
 
     `weights`: best, last, or a file in the run directory; by default, what the run ended on.
-    Weights load onto `device` in fp32 whatever device and precision they were trained with."""
+    Weights load onto `device` in fp32 whatever device and precision they were trained with.
+    A run with an n-gram model (`--ngram`) gives the mixture, unless `ngram` is False."""
     config, vocab = load_config_and_vocab(run_dir)
     path = weights_path(run_dir, weights or config.end_on or "last")
     with torch.device("meta"):                 # shapes only: nothing is allocated
@@ -210,4 +256,7 @@ def load_run(run_dir: str | os.PathLike, *, weights: str | None = None,
     tensors = read_checkpoint(path, shapes)[0]
     model = build_model(len(vocab), config)
     load_weights_into(model, tensors, path)
-    return model.to(device).eval(), vocab, config
+    model = model.to(device).eval()
+    if ngram and config.ngram and (Path(run_dir) / "ngram.safetensors").exists():
+        model = load_ngram(Path(run_dir) / "ngram.safetensors", model, len(vocab))
+    return model, vocab, config

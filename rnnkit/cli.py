@@ -91,6 +91,8 @@ def _add_train(sub) -> None:
     opt(g, "--embed", int, "learned embedding size, 0 = one-hot (--impl torch)")
     g.add_argument("--tie", action="store_true", default=S,
                    help="tie embedding and output weights (needs --embed == --hidden)")
+    opt(g, "--ngram", int, "mix in a Kneser-Ney model of up to N tokens of context, fitted "
+                           "on validation at the end; 0 = off (quality preset: 8)")
     _add_train_optimization_and_system(t, opt)
     t.set_defaults(func=cmd_train)
 
@@ -162,7 +164,10 @@ def _add_eval(sub) -> None:
     e.set_defaults(func=cmd_eval)
 
 
-def _weights_flag(p) -> None:
+def _weights_flag(p, ngram: bool = True) -> None:
+    if ngram:
+        p.add_argument("--no-ngram", dest="ngram", action="store_false",
+                       help="the network alone, without the run's n-gram model (--ngram)")
     p.add_argument("--weights", help="best (the best validation epoch's), last, or a file in "
                                      "the run directory (default: what the run ended on)")
 
@@ -182,7 +187,7 @@ def _add_export(sub) -> None:
     x.add_argument("--format", default="onnx", choices=["onnx"], help="(default: onnx)")
     x.add_argument("--out", required=True, help="the .onnx file; its .json goes beside it")
     x.add_argument("--force", action="store_true", help="replace existing files")
-    _weights_flag(x)
+    _weights_flag(x, ngram=False)
     x.set_defaults(func=cmd_export)
 
 
@@ -392,7 +397,7 @@ def _check_sampling(args) -> None:
 
 def _load(args):
     from .checkpoint import load_run
-    return load_run(args.run_dir, weights=args.weights)
+    return load_run(args.run_dir, weights=args.weights, ngram=args.ngram)
 
 
 def cmd_generate(args) -> int:
@@ -455,6 +460,9 @@ def cmd_export(args) -> int:
     model_path, meta_path = export_onnx(args.run_dir, args.out, weights=args.weights,
                                         force=args.force)
     print(f"wrote {model_path} (one step: ids, state -> logits, next state) and {meta_path}")
+    if (Path(args.run_dir) / "ngram.safetensors").exists():
+        print("rnnkit: note: the graph is the network alone; the run's n-gram model (--ngram) "
+              "is not part of it", file=sys.stderr)
     return 0
 
 
@@ -481,8 +489,11 @@ def cmd_eval(args) -> int:
     except ValueError as e:
         raise RnnkitError(f"{where}: {e}; give a longer text") from None
     unit = "char" if config.token == "char" else "word"
+    mixed = getattr(model, "ngram", None)
     print(f"perplexity {math.exp(loss / tokens):.3f}, {loss / tokens / math.log(2):.4f} bits "
-          f"per {unit} on {where} ({tokens:,} tokens)")
+          f"per {unit} on {where} ({tokens:,} tokens)" + (
+              f"; the network with its {mixed.order + 1}-gram model mixed in (--no-ngram: the "
+              "network alone)" if mixed else ""))
     return 0
 
 

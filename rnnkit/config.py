@@ -42,6 +42,8 @@ class TrainConfig:
     dropout: float = 0.0           # dropout between layers and before the output (--impl torch)
     embed: int = 0                 # learned embedding size; 0 = one-hot inputs as the book
     tie: bool = False              # share embedding and output weights (needs embed == hidden)
+    ngram: int = 0                 # mix in a Kneser–Ney model of up to N tokens of context,
+                                   # fitted on the validation slice at the end; 0 = off
     # optimisation
     batch_size: int = 32           # rows per minibatch
     num_steps: int = 35            # time steps per row (the BPTT window)
@@ -92,8 +94,9 @@ class TrainConfig:
                               "--impl torch, or leave --impl out and rnnkit picks it")
         if self.tie and self.embed != self.hidden:
             raise RnnkitError("--tie needs --embed equal to --hidden")
-        if self.weight_decay < 0 or self.warmup < 0 or self.patience < 0:
-            raise RnnkitError("--weight-decay, --warmup and --patience must be 0 or more")
+        if self.weight_decay < 0 or self.warmup < 0 or self.patience < 0 or self.ngram < 0:
+            raise RnnkitError("--weight-decay, --warmup, --patience and --ngram must be 0 or "
+                              "more")
         if not (self.time_budget >= 0 and math.isfinite(self.time_budget)):
             raise RnnkitError("--time-budget must be 0 (none) or a number of seconds")
         if self.min_freq < 0 or self.sample_every < 0:
@@ -113,7 +116,7 @@ class TrainConfig:
         limits = {"hidden": 1 << 16, "batch_size": 1 << 20, "num_steps": 1 << 20,
                   "embed": 1 << 16, "layers": 64, "epochs": 10 ** 9, "warmup": 10 ** 9,
                   "patience": 10 ** 9, "sample_every": 10 ** 9, "min_freq": 1 << 62,
-                  "max_tokens": 1 << 62}
+                  "max_tokens": 1 << 62, "ngram": 32}
         for name, limit in limits.items():
             if (getattr(self, name) or 0) > limit:
                 raise RnnkitError(f"--{name.replace('_', '-')} is absurdly large (at most "
@@ -188,5 +191,5 @@ PRESETS: dict[str, dict] = {
     # the best validation loss per minute of a 2-core CPU on the user's own text (see README)
     "quality": dict(clean="none", max_tokens=-1, val_fraction=0.1, cell="lstm", impl="torch",
                     optimizer="adamw", lr=3e-3, warmup=50, schedule="cosine", clip=1.0,
-                    epochs=1000, sample_every=0, end_on="best"),
+                    epochs=1000, sample_every=0, end_on="best", ngram=8),
 }

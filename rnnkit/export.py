@@ -157,7 +157,7 @@ def export_onnx(run_dir: str | os.PathLike, out: str | os.PathLike, *, weights: 
             raise UsageError(f"{path} exists; pass --force to replace it")
         if path.is_dir() or not path.parent.is_dir():
             raise UsageError(f"cannot write {path}: pick a file in an existing directory")
-    model, vocab, config = load_run(run_dir, weights=weights)
+    model, vocab, config = load_run(run_dir, weights=weights, ngram=False)
     proto = build_onnx(model)
     state = model.begin_state(1, "cpu")
     names = ["h", "c"][:len(state)]

@@ -14,6 +14,10 @@ The rule (char-rnn's guidance, measured on this project's 2-core CPU, see README
   3. Regularise by the excess: dropout grows with log2(parameters / tokens); weight decay too.
   4. Small corpora get shorter batches (more updates per epoch); early stopping is always on,
      and the run ends on its best validation epoch.
+  5. Counts where counts win: a Kneser–Ney model of up to 8 tokens of context is mixed into
+     the best epoch's network, its order and weights fitted on validation (`--ngram`, ngram.py).
+     Measured (README "Quality"): it brings table-like sources to within ~1% of an oracle that
+     knows the source, where the network alone was 13–196% behind at the same budgets.
 """
 from __future__ import annotations
 

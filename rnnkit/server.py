@@ -24,6 +24,7 @@ from . import lab
 from .checkpoint import load_run
 from .errors import RnnkitError
 from .generate import beam_search, generate_ids, prefix_ids
+from .ngram import NgramMixture
 from .streams import Stream, StreamEngine
 
 WEB = Path(__file__).parent / "web"
@@ -49,14 +50,21 @@ class LabRun:
     traces: dict = field(default_factory=dict)        # the last texts' traces (score → units)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    @property
+    def network(self) -> torch.nn.Module:
+        """The recurrent network itself (what `units` shows), without an n-gram mixture."""
+        return self.model.network if isinstance(self.model, NgramMixture) else self.model
+
     def trace(self, ids: list[int]) -> dict:
         """`lab.trace` of these ids, kept for the next request: the page asks for the score
-        and then the units of the same text."""
+        and then the units of the same text. A run with an n-gram model scores with the mixture."""
         key = tuple(ids)
         with self.lock:
             if key in self.traces:
                 return self.traces[key]
-        traced = lab.trace(self.model, ids)
+        traced = lab.trace(self.network, ids)
+        if isinstance(self.model, NgramMixture):
+            traced["logits"] = self.model.mix_trace(traced["logits"], ids)
         with self.lock:
             while len(self.traces) >= 4:
                 self.traces.pop(next(iter(self.traces)))
@@ -72,7 +80,8 @@ class LabRun:
                 "prefix": c.prefix, "end_on": c.end_on, "epochs": len(metrics),
                 "train_ppl": metrics[-1]["train_ppl"] if metrics else None,
                 "best_val_ppl": min(vals) if vals else None,
-                "states": list(lab.STATES[c.cell]), "num_layers": c.layers}
+                "states": list(lab.STATES[c.cell]), "num_layers": c.layers,
+                "ngram": self.model.ngram.order + 1 if self.network is not self.model else None}
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

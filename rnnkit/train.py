@@ -144,24 +144,30 @@ def eval_rows(num_tokens: int, batch_size: int, num_steps: int) -> int:
     return min(batch_size, (num_tokens - 1) // num_steps)
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, ids: np.ndarray, *, batch_size: int, num_steps: int,
-             device: torch.device | str = "cpu") -> tuple[float, int]:
-    """Summed cross-entropy (nats) and token count over held-out `ids`, deterministically.
-
-    The ids are cut into up to `batch_size` contiguous rows read window by window with the
-    state carried across windows, so every token except a short tail is scored once.
-    """
+def held_out_batches(ids: np.ndarray, batch_size: int, num_steps: int) -> Batches:
+    """Held-out `ids` cut into up to `batch_size` contiguous rows, read window by window, so
+    that with the state carried across windows every token but a short tail is scored once."""
     rows = eval_rows(len(ids), batch_size, num_steps)
     if rows < 1:
         raise ValueError(f"{len(ids)} tokens hold no full sequence of {num_steps} steps")
     row_len = (len(ids) - 1) // rows
     starts = np.arange(rows, dtype=np.int64)[None, :] * row_len + \
         np.arange(row_len // num_steps, dtype=np.int64)[:, None] * num_steps
+    return Batches(ids, starts, num_steps)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, ids: np.ndarray, *, batch_size: int, num_steps: int,
+             device: torch.device | str = "cpu") -> tuple[float, int]:
+    """Summed cross-entropy (nats) and token count over held-out `ids`, deterministically
+    (`held_out_batches`, the state carried across windows)."""
+    batches = held_out_batches(ids, batch_size, num_steps)
     was_training = model.training
     model.eval()
-    state, loss_sum, tokens = model.begin_state(rows, device), 0.0, 0
-    for X, Y in Batches(ids, starts, num_steps):
+    state, loss_sum, tokens = model.begin_state(batches.starts.shape[1], device), 0.0, 0
+    if hasattr(model, "with_history"):   # an n-gram mixture reads the ids before each row
+        state = model.with_history(state, batches.corpus, batches.starts[0])
+    for X, Y in batches:
         logits, state = model(X.to(device), state)                      # (T, rows, V)
         # summed in float64 so a uniform model scores exactly V
         loss_sum += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).double(),

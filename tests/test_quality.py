@@ -77,3 +77,12 @@ def test_a_run_ends_on_its_best_epoch_and_keeps_the_last(tmp_path, capsys):
     assert main(["train", "--resume", str(out), "--epochs", "13"]) == 0   # resumes the last state
     _, info, _ = ckpt.read_checkpoint(out / "model.safetensors")
     assert info["epoch"] == 13
+
+
+def test_the_quality_preset_mixes_in_an_ngram_model_and_the_chapter_does_not(tmp_path):
+    from rnnkit.cli import new_config
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(_random_text(20_000))
+    assert new_config({"corpus": str(corpus)}, "quality").ngram == 8
+    assert new_config({"corpus": str(corpus), "ngram": 0}, "quality").ngram == 0
+    assert new_config({}).ngram == 0                     # the chapter's run is unchanged

@@ -95,7 +95,13 @@ class Reporter:
             if "last_val_ppl" in summary and summary["best_epoch"] != len(metrics):
                 ended = (f" (best, epoch {summary['best_epoch']} of {len(metrics)}: the run ends "
                          f"on those weights; the last epoch's: {summary['last_val_ppl']:.1f})")
-            print(f"validation perplexity {summary['val_ppl']:.1f}{ended}", file=self.stdout)
+            val = summary["val_ppl"]
+            print(f"validation perplexity {val:.{2 if val < 10 else 1}f}{ended}",
+                  file=self.stdout)
+        if "ngram" in summary:
+            print(f"  with the {summary['ngram']['order'] + 1}-gram model mixed in; the network "
+                  f"alone: {summary['network_val_ppl']:.2f}, the n-gram model alone: "
+                  f"{summary['ngram']['val_ppl']:.2f}", file=self.stdout)
         for s in summary["samples"]:
             print(s, file=self.stdout)
 
@@ -133,4 +139,7 @@ def describe(run: Run) -> list[str]:
         f"samples     from {c.prefix!r}" + (f" every {c.sample_every} epochs"
                                             if c.sample_every else " at the end") +
         f"; the run ends on its {c.end_on} weights",
-    ]
+    ] + ([f"n-gram      Kneser-Ney, up to {c.ngram} tokens of context, mixed in at the end "
+          "(order and weights fitted on validation)" if len(run.val_ids) else
+          "n-gram      none: --ngram needs a validation slice to fit its weights on"]
+         if c.ngram else [])

@@ -7,12 +7,14 @@ import sys
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .. import checkpoint as ckpt
 from ..config import TrainConfig
 from ..distributed import Team
 from ..errors import Interrupted, RnnkitError
 from ..generate import predict
+from ..ngram import NgramMixture, fit_mixture
 from ..train import eval_rows, evaluate, perplexity
 from .loop import epoch_batches, fit
 from .policies import CheckpointCadence, LearningRate, Stopping
@@ -116,6 +118,9 @@ def _resumed(run: Run, rundir: RunDirectory) -> tuple[RunState, Checkpointer]:
         torch.set_rng_state(state.rng)
     if team.main:                          # config.json says how the run goes on from here
         ckpt.save_run_metadata(rundir.out, run.config, run.vocab)
+        # the n-gram weights were fitted to the weights the run ended on before: refitted at
+        # the new end, and until then generate and eval use the network alone
+        (rundir.out / "ngram.safetensors").unlink(missing_ok=True)
     return state, Checkpointer(rundir.out, run, has_checkpoint=True)
 
 
@@ -134,12 +139,27 @@ def _started(run: Run, rundir: RunDirectory) -> tuple[RunState, Checkpointer]:
     return state, checkpoints
 
 
-def samples(run: Run) -> list[str]:
+def samples(run: Run, model: nn.Module | None = None) -> list[str]:
     """Greedy continuations of the run's prefix and of its last word (the book's two lines)."""
     prefix = run.config.prefix
     prefixes = [prefix] + ([prefix.split()[-1]] if len(prefix.split()) > 1 else [])
-    return [predict(run.model, run.vocab, p, 50, token=run.config.token, device=run.team.device)
-            for p in prefixes]
+    return [predict(model or run.model, run.vocab, p, 50, token=run.config.token,
+                    device=run.team.device) for p in prefixes]
+
+
+def mix_ngram(run: Run, out: Path, summary: dict) -> NgramMixture:
+    """Fit the n-gram mixture on the validation slice and save it beside the weights. The
+    summary's validation perplexity becomes the mixture's: it is what generate and eval use."""
+    c = run.config
+    mixture = fit_mixture(run.model, run.train_ids, run.val_ids, len(run.vocab), c.ngram,
+                          batch_size=c.batch_size, num_steps=c.num_steps, device=run.team.device)
+    ckpt.save_ngram(out / "ngram.safetensors", mixture)
+    summary["network_val_ppl"] = summary["val_ppl"]
+    summary["val_ppl"] = perplexity(*evaluate(mixture, run.val_ids, batch_size=c.batch_size,
+                                              num_steps=c.num_steps, device=run.team.device))
+    summary["ngram"] = {"order": mixture.ngram.order,
+                        "val_ppl": mixture.report["ngram_val_ppl"]}
+    return mixture
 
 
 def summarize(run: Run, state: RunState, out: Path) -> dict:
@@ -158,10 +178,11 @@ def summarize(run: Run, state: RunState, out: Path) -> dict:
             path = out / "best.safetensors"
             ckpt.load_weights_into(run.model, ckpt.read_checkpoint(path)[0], path)
             summary["last_val_ppl"], summary["val_ppl"] = final["val_ppl"], state.best_val_ppl
-    summary["samples"] = samples(run)
+    model = mix_ngram(run, out, summary) if c.ngram and len(run.val_ids) else run.model
+    summary["samples"] = samples(run, model)
     if len(run.test_ids):
         usable = eval_rows(len(run.test_ids), c.batch_size, c.num_steps) >= 1
         summary["test_ppl"] = perplexity(*evaluate(
-            run.model, run.test_ids, batch_size=c.batch_size, num_steps=c.num_steps,
+            model, run.test_ids, batch_size=c.batch_size, num_steps=c.num_steps,
             device=run.team.device)) if usable else None
     return summary

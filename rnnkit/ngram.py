@@ -1,0 +1,320 @@
+"""A counting model mixed into the network: interpolated Kneser–Ney over the training ids, and
+the mixture p = λ·p_net + (1 − λ)·p_kn whose weights λ are fitted on the validation slice.
+
+Why: a counting model learns a table of contexts in one pass over the text, where a network
+needs many epochs of gradient descent to memorise the same table; the network, in turn, sees
+further back and generalises across contexts. On a small text or a table-like source the counts
+win, on long-range structure the network does, and their mixture beats both (README "Quality").
+λ depends on how often the training text held the n-gram model's context (how much its counts
+can be trusted): one weight per power of two of that count.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+BUCKETS = 16            # λ per evidence bucket: floor(log2(1 + count of the context)), capped
+FIT_STEPS = 60          # bisection steps: λ to within 2^-60
+KEY_BITS = 62           # n-gram keys are base-V numbers in an int64
+
+
+def max_context(vocab_size: int) -> int:
+    """The longest context whose (context, token) keys fit in KEY_BITS: V^(k+1) < 2^62."""
+    return max(1, int(KEY_BITS / math.log2(max(vocab_size, 2))) - 1)
+
+
+def ngram_keys(ids: np.ndarray, n: int, vocab_size: int) -> np.ndarray:
+    """Every n-gram of `ids` as one base-V number (N - n + 1,): ids[i..i+n) → Σ id·V^(n-1-j)."""
+    keys = ids[:len(ids) - n + 1].astype(np.int64)
+    for j in range(1, n):
+        keys = keys * vocab_size + ids[j:len(ids) - n + 1 + j]
+    return keys
+
+
+@dataclass
+class CountTable:
+    """Counts of (context, next token) for contexts of one length, sorted by key (context·V +
+    token), so that each context's tokens are one contiguous slice."""
+    keys: np.ndarray        # (P,) int64, strictly ascending
+    counts: np.ndarray      # (P,) int64, ≥ 1
+    vocab_size: int
+    discount: float = 0.75  # D: the absolute discount of this context length
+
+    def __post_init__(self):
+        context = self.keys // self.vocab_size
+        first = np.flatnonzero(np.r_[True, context[1:] != context[:-1]])
+        self.contexts = context[first]                                    # (C,) ascending
+        self.starts = np.r_[first, len(self.keys)]                        # (C + 1,)
+        self.totals = np.add.reduceat(self.counts, first) if len(first) else self.counts[:0]
+
+    @classmethod
+    def of_keys(cls, keys: np.ndarray, vocab_size: int) -> "CountTable":
+        unique, counts = np.unique(keys, return_counts=True)
+        return cls(unique, counts.astype(np.int64), vocab_size)
+
+    def find(self, context: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(found (M,), index (M,)) of each context key among this table's contexts."""
+        if not len(self.contexts):
+            return np.zeros(len(context), bool), np.zeros(len(context), np.int64)
+        j = np.minimum(np.searchsorted(self.contexts, context), len(self.contexts) - 1)
+        return valid & (self.contexts[j] == context), j
+
+    def count(self, context: np.ndarray, token: np.ndarray) -> np.ndarray:
+        """c(context, token) for each row (M,); 0 where the pair never occurred."""
+        if not len(self.keys):
+            return np.zeros(len(token), np.int64)
+        key = context * self.vocab_size + token
+        i = np.minimum(np.searchsorted(self.keys, key), len(self.keys) - 1)
+        return np.where(self.keys[i] == key, self.counts[i], 0)
+
+    def dense(self, j: np.ndarray) -> np.ndarray:
+        """Counts of every token after the contexts at indices `j`: (M, V)."""
+        lo, hi = self.starts[j], self.starts[j + 1]
+        lengths = hi - lo                                                 # (M,) tokens seen
+        rows = np.repeat(np.arange(len(j)), lengths)                      # (Σ lengths,)
+        pairs = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths) \
+            + np.repeat(lo, lengths)                                      # (Σ lengths,)
+        out = np.zeros((len(j), self.vocab_size))                         # (M, V)
+        out[rows, self.keys[pairs] % self.vocab_size] = self.counts[pairs]
+        return out
+
+
+def ney_discount(counts: np.ndarray) -> float:
+    """Ney's absolute discount n1 / (n1 + 2·n2), from how many n-grams occur once and twice."""
+    n1, n2 = np.count_nonzero(counts == 1), np.count_nonzero(counts == 2)
+    return n1 / (n1 + 2 * n2) if n1 and n2 else 0.75
+
+
+def count_tables(ids: np.ndarray, vocab_size: int, longest: int
+                 ) -> tuple[list[CountTable], list[CountTable]]:
+    """(raw, continuation) tables for context lengths 0..longest (continuation: up to
+    longest − 1). raw[k]: how often each token followed each k-token context; continuation[k]:
+    after how many distinct tokens each (k-token context, token) pair occurred — what
+    Kneser–Ney's lower orders count. Both use the discount of the raw counts."""
+    ids = np.asarray(ids, dtype=np.int64)
+    raw, continuation = [], []
+    for k in range(longest + 1):
+        raw.append(CountTable.of_keys(ngram_keys(ids, k + 1, vocab_size), vocab_size))
+        raw[k].discount = ney_discount(raw[k].counts)
+        if k < longest:
+            longer = np.unique(ngram_keys(ids, k + 2, vocab_size))        # distinct (k+2)-grams
+            continuation.append(CountTable.of_keys(longer % vocab_size ** (k + 1), vocab_size))
+            continuation[k].discount = raw[k].discount
+    return raw, continuation
+
+
+class KneserNey:
+    """Interpolated Kneser–Ney with `tables[k]` for k = 0..order (the top one raw counts,
+    the lower ones continuation counts): p_k(w|h) = max(c(h,w) − D_k, 0)/c(h)
+    + D_k·N(h·)/c(h)·p_{k−1}(w|h'), and p_{−1} uniform. An unseen context backs off whole."""
+
+    def __init__(self, tables: list[CountTable]):
+        self.tables, self.order = tables, len(tables) - 1
+        self.vocab_size = tables[0].vocab_size
+
+    @classmethod
+    def fit(cls, ids: np.ndarray, vocab_size: int, order: int) -> "KneserNey":
+        raw, continuation = count_tables(ids, vocab_size, order)
+        return cls(continuation[:order] + [raw[order]])
+
+    @classmethod
+    def from_arrays(cls, tables: list[tuple[np.ndarray, np.ndarray]], discounts: list,
+                    vocab_size: int) -> "KneserNey":
+        """Rebuild from (keys, counts) per context length as saved, refusing arrays that are
+        not what `count_tables` makes (a file from elsewhere)."""
+        order = len(tables) - 1
+        if not 1 <= order <= max_context(vocab_size) or len(discounts) != len(tables):
+            raise ValueError(f"an order of {order} does not fit a vocabulary of {vocab_size}")
+        built = []
+        for k, ((keys, counts), d) in enumerate(zip(tables, discounts)):
+            if keys.dtype != np.int64 or counts.dtype != np.int64 or keys.ndim != 1 \
+                    or keys.shape != counts.shape:
+                raise ValueError(f"table {k} is not int64 keys and counts of one length")
+            if len(keys) and (keys[0] < 0 or keys[-1] >= vocab_size ** (k + 1)
+                              or (np.diff(keys) <= 0).any() or counts.min() < 1):
+                raise ValueError(f"table {k} holds keys out of order or range, or bad counts")
+            if not (isinstance(d, (int, float)) and 0 <= d <= 1):
+                raise ValueError(f"discount {d!r} is not in [0, 1]")
+            built.append(CountTable(keys, counts, vocab_size, float(d)))
+        return cls(built)
+
+    def contexts(self, history: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """For k = 0..order, (key (M,), valid (M,)) of the last k tokens of each history row
+        (M, L), L ≥ order; −1 marks a position before the text began (not a valid context)."""
+        key, valid = np.zeros(len(history), np.int64), np.ones(len(history), bool)
+        out, L = [(key, valid)], history.shape[1]
+        for k in range(1, self.order + 1):         # one token further back: the next digit
+            token = history[:, L - k]
+            key = key + np.maximum(token, 0) * self.vocab_size ** (k - 1)
+            valid = valid & (token >= 0)
+            out.append((key, valid))
+        return out
+
+    def target_probs(self, history: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """p(target | history) for each row: history (M, L), targets (M,) → (M,)."""
+        p = np.full(len(targets), 1.0 / self.vocab_size)                 # (M,) uniform floor
+        for table, (key, valid) in zip(self.tables, self.contexts(history)):
+            found, j = table.find(key, valid)
+            c = table.count(key, targets).astype(np.float64)              # (M,)
+            total, seen = table.totals[j], table.starts[j + 1] - table.starts[j]
+            mixed = (np.maximum(c - table.discount, 0) + table.discount * seen * p) / \
+                np.maximum(total, 1)
+            p = np.where(found, mixed, p)
+        return p
+
+    def next_probs(self, history: np.ndarray) -> np.ndarray:
+        """p(· | history) over the whole vocabulary: history (M, L) → (M, V), rows sum to 1."""
+        p = np.full((len(history), self.vocab_size), 1.0 / self.vocab_size)  # (M, V)
+        for table, (key, valid) in zip(self.tables, self.contexts(history)):
+            found, j = table.find(key, valid)
+            if not found.any():
+                continue
+            j = j[found]
+            c = table.dense(j)                                            # (F, V)
+            total = table.totals[j][:, None]                              # (F, 1)
+            seen = (table.starts[j + 1] - table.starts[j])[:, None]       # (F, 1)
+            p[found] = (np.maximum(c - table.discount, 0)
+                        + table.discount * seen * p[found]) / total
+        return p
+
+    def evidence(self, history: np.ndarray) -> np.ndarray:
+        """The λ bucket of each row (M,): log2 of how often the top context occurred, + 1."""
+        top = self.tables[-1]
+        found, j = top.find(*self.contexts(history)[-1])
+        count = np.where(found, top.totals[j], 0)
+        return np.minimum(np.log2(1 + count).astype(np.int64), BUCKETS - 1)
+
+
+def fit_weights(p_net: np.ndarray, p_kn: np.ndarray, bucket: np.ndarray,
+                steps: int = FIT_STEPS) -> np.ndarray:
+    """λ per bucket (BUCKETS,) maximising Σ log(λ_b p_net + (1 − λ_b) p_kn). Each bucket's
+    sum is concave in its λ, so bisection on the derivative finds the optimum, boundaries
+    included (EM crawls there when the two parts predict alike)."""
+    gap = p_net - p_kn                                                    # (N,)
+    lo, hi = np.zeros(BUCKETS), np.ones(BUCKETS)
+    for _ in range(steps):
+        lam = (lo + hi) / 2
+        slope = np.bincount(bucket, gap / (lam[bucket] * gap + p_kn), BUCKETS)  # d/dλ_b
+        lo, hi = np.where(slope > 0, lam, lo), np.where(slope > 0, hi, lam)
+    lam = np.minimum((lo + hi) / 2, 1 - 1e-6)   # the counts keep a sliver: never log(0)
+    return np.where(np.bincount(bucket, minlength=BUCKETS) > 0, lam, 0.5)
+
+
+def windows(history: torch.Tensor, X: torch.Tensor, length: int
+            ) -> tuple[np.ndarray, torch.Tensor]:
+    """The contexts of every step of X (B, T): the last `length` ids read up to and including
+    X[:, t], as (T·B, length) with −1 before the text began; and the new history (B, length).
+    `history` holds id + 1 (0: none), so that a zeroed state is an empty history."""
+    seq = torch.cat([history, X + 1], dim=1).cpu().numpy().astype(np.int64) - 1  # (B, L + T)
+    B, T = X.shape
+    step = np.lib.stride_tricks.sliding_window_view(seq, length, axis=1)[:, 1:]  # (B, T, L)
+    contexts = step.transpose(1, 0, 2).reshape(T * B, length)             # (T·B, L) time-major
+    return contexts, torch.as_tensor(seq[:, seq.shape[1] - length:] + 1).to(history.device)
+
+
+def preceding(ids: np.ndarray, starts: np.ndarray, length: int) -> torch.Tensor:
+    """The `length` ids before each of `starts` in `ids`, as a history (B, length) of
+    id + 1 (0 before the text begins): rows of held-out text start mid-text."""
+    pos = np.asarray(starts)[:, None] - length + np.arange(length)       # (B, length)
+    before = np.asarray(ids)[np.maximum(pos, 0)].astype(np.int64) + 1
+    return torch.from_numpy(np.where(pos >= 0, before, 0))
+
+
+class NgramMixture(nn.Module):
+    """The network and a Kneser–Ney model as one model: forward gives log p_mix as logits
+    (T, B, V), and the state carries the network's state plus the last ids read (B, order)."""
+
+    def __init__(self, network: nn.Module, ngram: KneserNey, weights: np.ndarray):
+        super().__init__()
+        weights = np.asarray(weights, np.float64)
+        if weights.shape != (BUCKETS,) or not ((weights >= 0) & (weights <= 1)).all():
+            raise ValueError(f"the mixing weights must be {BUCKETS} numbers in [0, 1]")
+        self.network, self.ngram, self.weights = network, ngram, weights
+
+    def begin_state(self, batch_size: int, device=None) -> tuple:
+        history = torch.zeros(batch_size, self.ngram.order, dtype=torch.long, device=device)
+        return (*self.network.begin_state(batch_size, device), history)
+
+    def with_history(self, state: tuple, ids: np.ndarray, starts: np.ndarray) -> tuple:
+        """`state` for rows that begin at `starts` in `ids`, the n-gram part having read the
+        ids before each row (`evaluate` reads held-out text in rows that start mid-text)."""
+        history = preceding(ids, starts, self.ngram.order).to(state[-1].device)
+        return (*state[:-1], history)
+
+    def forward(self, X: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
+        logits, net_state = self.network(X, tuple(state[:-1]))           # (T, B, V)
+        mixed, history = self.mix(logits, X, state[-1])
+        return mixed, (*net_state, history)
+
+    def mix(self, logits: torch.Tensor, X: torch.Tensor, history: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """log(λ p_net + (1 − λ) p_kn) for network logits (T, B, V) of inputs X (B, T)."""
+        T, B, V = logits.shape
+        contexts, history = windows(history, X, self.ngram.order)         # (T·B, order)
+        flat = logits.detach().reshape(T * B, V).cpu()
+        out = torch.empty(T * B, V)                                       # (T·B, V)
+        rows = max(1, (1 << 22) // V)                # a few MB at a time, even for big vocabularies
+        for lo in range(0, T * B, rows):
+            part = slice(lo, lo + rows)
+            p_net = torch.softmax(flat[part].double(), -1).numpy()        # (R, V)
+            p_kn = self.ngram.next_probs(contexts[part])                  # (R, V)
+            lam = self.weights[self.ngram.evidence(contexts[part])][:, None]  # (R, 1)
+            out[part] = torch.from_numpy(np.log(lam * p_net + (1 - lam) * p_kn))
+        return out.reshape(T, B, V).to(logits.device), history
+
+    def mix_trace(self, logits: np.ndarray, ids: list[int]) -> np.ndarray:
+        """The mixture's log-probabilities (T, V) along one text read from the start, given
+        the network's logits (T, V) for it (the web lab's trace)."""
+        X = torch.as_tensor(ids, dtype=torch.long)[None, :]              # (1, T)
+        empty = torch.zeros(1, self.ngram.order, dtype=torch.long)
+        return self.mix(torch.from_numpy(logits)[:, None, :], X, empty)[0][:, 0].numpy()
+
+
+FIT_TOKENS = 1 << 20        # validation tokens the weights are fitted on (16 weights need few)
+COUNT_TOKENS = 1 << 24      # training tokens counted (the tables grow with the text)
+
+
+@torch.no_grad()
+def fit_mixture(network: nn.Module, train_ids: np.ndarray, val_ids: np.ndarray,
+                vocab_size: int, longest: int, *, batch_size: int, num_steps: int,
+                device: torch.device | str = "cpu") -> NgramMixture:
+    """`network` mixed with the Kneser–Ney model of the context length (1..`longest`) and the
+    weights that score the validation ids best; its figures (perplexities) in `.report`."""
+    from .train import held_out_batches
+    longest = max(1, min(longest, max_context(vocab_size)))
+    network.eval()
+    batches = held_out_batches(val_ids, batch_size, num_steps)
+    state = network.begin_state(batches.starts.shape[1], device)
+    history = preceding(val_ids, batches.starts[0], longest)           # as `with_history`
+    p_net, contexts, targets = [], [], []
+    for X, Y in batches:                       # the network's view of validation, as evaluate's
+        logits, state = network(X.to(device), state)                      # (T, B, V)
+        ctx, history = windows(history, X, longest)                       # (T·B, longest)
+        y = Y.T.reshape(-1).numpy()                                       # (T·B,) time-major
+        p = torch.softmax(logits.double().cpu(), -1).reshape(len(y), -1).numpy()
+        p_net.append(p[np.arange(len(y)), y])
+        contexts.append(ctx)
+        targets.append(y)
+        if sum(map(len, targets)) >= FIT_TOKENS:
+            break
+    p_net, contexts, targets = map(np.concatenate, (p_net, contexts, targets))
+    raw, continuation = count_tables(np.asarray(train_ids[:COUNT_TOKENS]), vocab_size, longest)
+    best = None
+    for order in range(1, longest + 1):
+        ngram = KneserNey(continuation[:order] + [raw[order]])
+        p_kn = ngram.target_probs(contexts, targets)                      # (N,)
+        bucket = ngram.evidence(contexts)                                 # (N,)
+        weights = fit_weights(p_net, p_kn, bucket)
+        loss = -np.log(weights[bucket] * p_net + (1 - weights[bucket]) * p_kn).mean()
+        if best is None or loss < best[0]:
+            best = (loss, ngram, weights, -np.log(p_kn).mean())
+    loss, ngram, weights, kn_loss = best
+    mixture = NgramMixture(network, ngram, weights)
+    mixture.report = {"order": ngram.order, "val_ppl": math.exp(loss),
+                      "network_val_ppl": math.exp(-np.log(p_net).mean()),
+                      "ngram_val_ppl": math.exp(kn_loss), "fitted_on": len(targets)}
+    return mixture
