@@ -471,13 +471,16 @@ def cmd_eval(args) -> int:
     from .data import corpus_path, load_corpus, split_corpus
     from .train import evaluate
     model, vocab, config = _load(args)
+    before = None                                  # the text before the one scored
     if args.corpus:
         ids, _ = load_corpus(args.corpus, config.clean, config.token, vocab=vocab)
         where = args.corpus
     else:
         ids, _ = load_corpus(corpus_path(config), config.clean, config.token, vocab=vocab)
         slices = split_corpus(ids, config.val_fraction, config.max_tokens, config.test_fraction)
-        ids = slices[("train", "val", "test").index(args.split)]
+        start = {"train": 0, "val": len(ids) - len(slices[1]) - len(slices[2]),
+                 "test": len(ids) - len(slices[2])}[args.split]
+        ids, before = slices[("train", "val", "test").index(args.split)], ids[:start]
         where = f"the {args.split} slice"
     unk = int(np.count_nonzero(ids == vocab.unk))
     if unk:
@@ -485,7 +488,7 @@ def cmd_eval(args) -> int:
               "<unk>", file=sys.stderr)
     try:
         loss, tokens = evaluate(model, ids, batch_size=config.batch_size,
-                                num_steps=config.num_steps)
+                                num_steps=config.num_steps, before=before)
     except ValueError as e:
         raise RnnkitError(f"{where}: {e}; give a longer text") from None
     unit = "char" if config.token == "char" else "word"

@@ -95,6 +95,9 @@ def count_tables(ids: np.ndarray, vocab_size: int, longest: int
     longest − 1). raw[k]: how often each token followed each k-token context; continuation[k]:
     after how many distinct tokens each (k-token context, token) pair occurred — what
     Kneser–Ney's lower orders count. Both use the discount of the raw counts."""
+    if longest > max_context(vocab_size):
+        raise ValueError(f"{longest} tokens of context overflow the keys of a vocabulary of "
+                         f"{vocab_size} (at most {max_context(vocab_size)})")
     ids = np.asarray(ids, dtype=np.int64)
     raw, continuation = [], []
     for k in range(longest + 1):
@@ -216,12 +219,19 @@ def windows(history: torch.Tensor, X: torch.Tensor, length: int
     return contexts, torch.as_tensor(seq[:, seq.shape[1] - length:] + 1).to(history.device)
 
 
-def preceding(ids: np.ndarray, starts: np.ndarray, length: int) -> torch.Tensor:
-    """The `length` ids before each of `starts` in `ids`, as a history (B, length) of
-    id + 1 (0 before the text begins): rows of held-out text start mid-text."""
+def preceding(ids: np.ndarray, starts: np.ndarray, length: int,
+              before: np.ndarray | None = None) -> torch.Tensor:
+    """The `length` ids before each of `starts` in `ids` — reaching back into `before`, the
+    text that precedes `ids`, where given — as a history (B, length) of id + 1 (0 where the
+    text has not begun): rows of held-out text start mid-text."""
+    before = np.asarray(before[len(before) - length:] if before is not None and length
+                        else [], dtype=np.int64)
     pos = np.asarray(starts)[:, None] - length + np.arange(length)       # (B, length)
-    before = np.asarray(ids)[np.maximum(pos, 0)].astype(np.int64) + 1
-    return torch.from_numpy(np.where(pos >= 0, before, 0))
+    out = np.zeros(pos.shape, np.int64)
+    inside, back = pos >= 0, (pos < 0) & (pos + len(before) >= 0)
+    out[inside] = np.asarray(ids)[pos[inside]] + 1
+    out[back] = before[pos[back] + len(before)] + 1
+    return torch.from_numpy(out)
 
 
 class NgramMixture(nn.Module):
@@ -239,10 +249,12 @@ class NgramMixture(nn.Module):
         history = torch.zeros(batch_size, self.ngram.order, dtype=torch.long, device=device)
         return (*self.network.begin_state(batch_size, device), history)
 
-    def with_history(self, state: tuple, ids: np.ndarray, starts: np.ndarray) -> tuple:
+    def with_history(self, state: tuple, ids: np.ndarray, starts: np.ndarray,
+                     before: np.ndarray | None = None) -> tuple:
         """`state` for rows that begin at `starts` in `ids`, the n-gram part having read the
-        ids before each row (`evaluate` reads held-out text in rows that start mid-text)."""
-        history = preceding(ids, starts, self.ngram.order).to(state[-1].device)
+        ids before each row, `before` those before `ids` (`evaluate` reads held-out text in
+        rows that start mid-text)."""
+        history = preceding(ids, starts, self.ngram.order, before).to(state[-1].device)
         return (*state[:-1], history)
 
     def forward(self, X: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
@@ -281,15 +293,17 @@ COUNT_TOKENS = 1 << 24      # training tokens counted (the tables grow with the 
 @torch.no_grad()
 def fit_mixture(network: nn.Module, train_ids: np.ndarray, val_ids: np.ndarray,
                 vocab_size: int, longest: int, *, batch_size: int, num_steps: int,
-                device: torch.device | str = "cpu") -> NgramMixture:
+                device: torch.device | str = "cpu", before: np.ndarray | None = None
+                ) -> NgramMixture:
     """`network` mixed with the Kneser–Ney model of the context length (1..`longest`) and the
-    weights that score the validation ids best; its figures (perplexities) in `.report`."""
+    weights that score the validation ids best, read as `evaluate` reads them (`before`: the
+    ids that precede them); its figures (perplexities) in `.report`."""
     from .train import held_out_batches
     longest = max(1, min(longest, max_context(vocab_size)))
     network.eval()
     batches = held_out_batches(val_ids, batch_size, num_steps)
     state = network.begin_state(batches.starts.shape[1], device)
-    history = preceding(val_ids, batches.starts[0], longest)           # as `with_history`
+    history = preceding(val_ids, batches.starts[0], longest, before)    # as `evaluate`
     p_net, contexts, targets = [], [], []
     for X, Y in batches:                       # the network's view of validation, as evaluate's
         logits, state = network(X.to(device), state)                      # (T, B, V)

@@ -158,15 +158,17 @@ def held_out_batches(ids: np.ndarray, batch_size: int, num_steps: int) -> Batche
 
 @torch.no_grad()
 def evaluate(model: nn.Module, ids: np.ndarray, *, batch_size: int, num_steps: int,
-             device: torch.device | str = "cpu") -> tuple[float, int]:
+             device: torch.device | str = "cpu", before: np.ndarray | None = None
+             ) -> tuple[float, int]:
     """Summed cross-entropy (nats) and token count over held-out `ids`, deterministically
-    (`held_out_batches`, the state carried across windows)."""
+    (`held_out_batches`, the state carried across windows). `before`: the ids that precede
+    `ids` in the text, which a model that reads history (an n-gram mixture) sees first."""
     batches = held_out_batches(ids, batch_size, num_steps)
     was_training = model.training
     model.eval()
     state, loss_sum, tokens = model.begin_state(batches.starts.shape[1], device), 0.0, 0
     if hasattr(model, "with_history"):   # an n-gram mixture reads the ids before each row
-        state = model.with_history(state, batches.corpus, batches.starts[0])
+        state = model.with_history(state, batches.corpus, batches.starts[0], before)
     for X, Y in batches:
         logits, state = model(X.to(device), state)                      # (T, rows, V)
         # summed in float64 so a uniform model scores exactly V

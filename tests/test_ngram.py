@@ -166,11 +166,15 @@ def _corpus(tmp_path, n=6000):
 
 @pytest.fixture(scope="module")
 def mixed_run(tmp_path_factory):
+    import io
+    from rnnkit import train_run
+    from rnnkit.cli import new_config
     tmp = tmp_path_factory.mktemp("ngram")
     corpus, out = _corpus(tmp), tmp / "run"
-    assert main(["train", "--corpus", str(corpus), "--cell", "gru", "--hidden", "32",
-                 "--optimizer", "adam", "--lr", "0.01", "--epochs", "3", "--batch-size", "8",
-                 "--num-steps", "20", "--ngram", "4", "--json", "--out", str(out)]) == 0
+    config = new_config({"corpus": str(corpus), "cell": "gru", "hidden": 32, "optimizer": "adam",
+                         "lr": 0.01, "epochs": 3, "batch_size": 8, "num_steps": 20, "ngram": 4})
+    summary = train_run(config, out, json_lines=True, stdout=io.StringIO())
+    (tmp / "summary.json").write_text(json.dumps(summary))      # beside the run, not in it
     return out
 
 
@@ -184,7 +188,18 @@ def test_a_run_with_ngram_saves_it_and_eval_reproduces_the_summary(mixed_run, ca
     assert main(["eval", str(mixed_run), "--split", "val", "--no-ngram"]) == 0
     alone = float(capsys.readouterr().out.split()[1].rstrip(","))
     assert mixed < alone
-    assert alone == pytest.approx(min(m["val_ppl"] for m in metrics), rel=1e-3)
+    summary = json.loads((mixed_run.parent / "summary.json").read_text())
+    assert mixed == pytest.approx(summary["val_ppl"], abs=6e-4)    # eval prints 3 decimals
+    assert alone == pytest.approx(summary["network_val_ppl"], abs=6e-4)
+    assert alone == pytest.approx(min(m["val_ppl"] for m in metrics), abs=6e-4)
+
+
+def test_held_out_rows_read_the_text_before_them():
+    from rnnkit.ngram import preceding
+    ids, before = np.arange(10, 20), np.arange(5)
+    got = preceding(ids, np.array([0, 1, 6]), 3, before) - 1               # −1: nothing
+    assert got.tolist() == [[2, 3, 4], [3, 4, 10], [13, 14, 15]]
+    assert (preceding(ids, np.array([1]), 3) - 1).tolist() == [[-1, -1, 10]]
 
 
 def test_generate_samples_and_searches_the_mixture(mixed_run, capsys):

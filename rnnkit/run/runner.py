@@ -147,16 +147,25 @@ def samples(run: Run, model: nn.Module | None = None) -> list[str]:
                     device=run.team.device) for p in prefixes]
 
 
+def capped(run: Run) -> bool:
+    """Whether --max-tokens cut the training slice short (then it does not end where the
+    validation slice begins)."""
+    return len(run.train_ids) + len(run.val_ids) + len(run.test_ids) < run.corpus_tokens
+
+
 def mix_ngram(run: Run, out: Path, summary: dict) -> NgramMixture:
     """Fit the n-gram mixture on the validation slice and save it beside the weights. The
     summary's validation perplexity becomes the mixture's: it is what generate and eval use."""
     c = run.config
+    before = run.train_ids if not capped(run) else None     # the text before the validation
     mixture = fit_mixture(run.model, run.train_ids, run.val_ids, len(run.vocab), c.ngram,
-                          batch_size=c.batch_size, num_steps=c.num_steps, device=run.team.device)
+                          batch_size=c.batch_size, num_steps=c.num_steps, device=run.team.device,
+                          before=before)
     ckpt.save_ngram(out / "ngram.safetensors", mixture)
     summary["network_val_ppl"] = summary["val_ppl"]
     summary["val_ppl"] = perplexity(*evaluate(mixture, run.val_ids, batch_size=c.batch_size,
-                                              num_steps=c.num_steps, device=run.team.device))
+                                              num_steps=c.num_steps, device=run.team.device,
+                                              before=before))
     summary["ngram"] = {"order": mixture.ngram.order,
                         "val_ppl": mixture.report["ngram_val_ppl"]}
     return mixture
@@ -184,5 +193,5 @@ def summarize(run: Run, state: RunState, out: Path) -> dict:
         usable = eval_rows(len(run.test_ids), c.batch_size, c.num_steps) >= 1
         summary["test_ppl"] = perplexity(*evaluate(
             model, run.test_ids, batch_size=c.batch_size, num_steps=c.num_steps,
-            device=run.team.device)) if usable else None
+            device=run.team.device, before=run.val_ids)) if usable else None
     return summary
