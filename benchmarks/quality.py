@@ -254,7 +254,7 @@ def print_table(rows: list[dict]) -> None:
             print(f"| {r['corpus']} | {float(budget):g} s | {m['bits']:.3f} ({m['val_ppl']:.2f}) "
                   f"| {m['network_bits']:.3f} | {fmt(oracle)} | {fmt(r['floor'])} | {kn:.3f} "
                   f"({r['kn_order'] + 1}) | {r['bzip2']:.3f} | {r['xz']:.3f} | {vs} "
-                  f"| {m['bits'] - kn:+.3f} bits "
+                  f"| {m['bits'] - kn:+.4f} bits "
                   f"| LSTM-{m['hidden']} dropout {m['dropout']}, best epoch {m['best_epoch']} "
                   f"of {m['epochs']}" + (f", {m['ngram_order'] + 1}-gram mixed in"
                                          if m['ngram_order'] else "") + " |")
