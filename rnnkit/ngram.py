@@ -185,7 +185,7 @@ class KneserNey:
         return p
 
     def evidence(self, history: np.ndarray) -> np.ndarray:
-        """The λ bucket of each row (M,): log2 of how often the top context occurred, + 1."""
+        """The λ bucket of each row (M,): floor(log2(1 + how often its top context occurred))."""
         top = self.tables[-1]
         found, j = top.find(*self.contexts(history)[-1])
         count = np.where(found, top.totals[j], 0)

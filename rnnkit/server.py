@@ -8,6 +8,7 @@ import asyncio
 import json
 import math
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -376,7 +377,16 @@ def serve(run_dirs: list[str], host: str = "127.0.0.1", port: int = 8000, *,
         raise RnnkitError(f"cannot listen on {host}:{port} ({e.strerror}); pick another "
                           "--port") from None
     url = f"http://{host if family == socket.AF_INET else f'[{host}]'}:{sock.getsockname()[1]}/"
-    if ready is not None:
-        ready(url)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-    uvicorn.Server(config).run(sockets=[sock])
+    server = uvicorn.Server(config)
+
+    def announce() -> None:
+        # only once uvicorn has started, and so handles Ctrl-C: a signal sent as soon as the
+        # URL is printed must stop the server as cleanly as one sent later
+        while not server.started and not server.should_exit:
+            time.sleep(0.01)
+        if server.started:
+            ready(url)
+    if ready is not None:
+        threading.Thread(target=announce, daemon=True, name="rnnkit-ready").start()
+    server.run(sockets=[sock])
