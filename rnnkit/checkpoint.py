@@ -212,7 +212,7 @@ def save_ngram(path: Path, mixture: NgramMixture) -> None:
     metadata = {"format": "rnnkit-ngram", "order": str(ngram.order),
                 "discounts": json.dumps([t.discount for t in ngram.tables]),
                 "weights": json.dumps(mixture.weights.tolist()),
-                "report": json.dumps(getattr(mixture, "report", {}))}
+                "report": json.dumps(mixture.report)}
     atomic_write(path, st_save(tensors, metadata=metadata))
 
 
@@ -234,10 +234,10 @@ def load_ngram(path: Path, network: nn.Module, vocab_size: int) -> NgramMixture:
     try:
         mixture = NgramMixture(network, KneserNey.from_arrays(
             [(tensors[f"keys.{k}"].numpy(), tensors[f"counts.{k}"].numpy())
-             for k in range(order + 1)], discounts, vocab_size), weights)
+             for k in range(order + 1)], discounts, vocab_size), weights,
+            report=report if isinstance(report, dict) else {})
     except (ValueError, TypeError) as e:
         raise RnnkitError(f"{bad} ({e})") from None
-    mixture.report = report if isinstance(report, dict) else {}
     return mixture.eval()
 
 

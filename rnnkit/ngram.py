@@ -238,8 +238,10 @@ class NgramMixture(nn.Module):
     """The network and a Kneser–Ney model as one model: forward gives log p_mix as logits
     (T, B, V), and the state carries the network's state plus the last ids read (B, order)."""
 
-    def __init__(self, network: nn.Module, ngram: KneserNey, weights: np.ndarray):
+    def __init__(self, network: nn.Module, ngram: KneserNey, weights: np.ndarray,
+                 report: dict | None = None):
         super().__init__()
+        self.report = dict(report or {})   # how it scored when fitted (ppl of mixture, parts)
         weights = np.asarray(weights, np.float64)
         if weights.shape != (BUCKETS,) or not ((weights >= 0) & (weights <= 1)).all():
             raise ValueError(f"the mixing weights must be {BUCKETS} numbers in [0, 1]")
@@ -298,15 +300,13 @@ def fit_mixture(network: nn.Module, train_ids: np.ndarray, val_ids: np.ndarray,
     """`network` mixed with the Kneser–Ney model of the context length (1..`longest`) and the
     weights that score the validation ids best, read as `evaluate` reads them (`before`: the
     ids that precede them); its figures (perplexities) in `.report`."""
-    from .train import held_out_batches
+    from .train import held_out_batches, held_out_logits
     longest = max(1, min(longest, max_context(vocab_size)))
-    network.eval()
-    batches = held_out_batches(val_ids, batch_size, num_steps)
-    state = network.begin_state(batches.starts.shape[1], device)
-    history = preceding(val_ids, batches.starts[0], longest, before)    # as `evaluate`
+    starts = held_out_batches(val_ids, batch_size, num_steps).starts[0]   # each row's start
+    history = preceding(val_ids, starts, longest, before)              # as `evaluate` reads
     p_net, contexts, targets = [], [], []
-    for X, Y in batches:                       # the network's view of validation, as evaluate's
-        logits, state = network(X.to(device), state)                      # (T, B, V)
+    for X, Y, logits in held_out_logits(network, val_ids, batch_size=batch_size,
+                                        num_steps=num_steps, device=device):
         ctx, history = windows(history, X, longest)                       # (T·B, longest)
         y = Y.T.reshape(-1).numpy()                                       # (T·B,) time-major
         p = torch.softmax(logits.double().cpu(), -1).reshape(len(y), -1).numpy()
@@ -327,8 +327,7 @@ def fit_mixture(network: nn.Module, train_ids: np.ndarray, val_ids: np.ndarray,
         if best is None or loss < best[0]:
             best = (loss, ngram, weights, -np.log(p_kn).mean())
     loss, ngram, weights, kn_loss = best
-    mixture = NgramMixture(network, ngram, weights)
-    mixture.report = {"order": ngram.order, "val_ppl": math.exp(loss),
-                      "network_val_ppl": math.exp(-np.log(p_net).mean()),
-                      "ngram_val_ppl": math.exp(kn_loss), "fitted_on": len(targets)}
-    return mixture
+    return NgramMixture(network, ngram, weights, report={
+        "order": ngram.order, "val_ppl": math.exp(loss),
+        "network_val_ppl": math.exp(-np.log(p_net).mean()),
+        "ngram_val_ppl": math.exp(kn_loss), "fitted_on": len(targets)})

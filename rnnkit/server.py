@@ -82,7 +82,9 @@ class LabRun:
                 "train_ppl": metrics[-1]["train_ppl"] if metrics else None,
                 "best_val_ppl": min(vals) if vals else None,
                 "states": list(lab.STATES[c.cell]), "num_layers": c.layers,
-                "ngram": self.model.ngram.order + 1 if self.network is not self.model else None}
+                **({"ngram": self.model.ngram.order + 1,
+                    "ngram_val_ppl": self.model.report.get("val_ppl")}
+                   if self.network is not self.model else {"ngram": None})}
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -157,23 +157,35 @@ def held_out_batches(ids: np.ndarray, batch_size: int, num_steps: int) -> Batche
 
 
 @torch.no_grad()
+def held_out_logits(model: nn.Module, ids: np.ndarray, *, batch_size: int, num_steps: int,
+                    device: torch.device | str = "cpu", before: np.ndarray | None = None):
+    """(X, Y, logits (T, rows, V)) of each window of held-out `ids` (`held_out_batches`), the
+    state carried across windows, in eval mode. `before`: the ids that precede `ids` in the
+    text, which a model that reads history (an n-gram mixture) sees first."""
+    batches = held_out_batches(ids, batch_size, num_steps)
+    was_training = model.training
+    model.eval()
+    state = model.begin_state(batches.starts.shape[1], device)
+    if hasattr(model, "with_history"):   # an n-gram mixture reads the ids before each row
+        state = model.with_history(state, batches.corpus, batches.starts[0], before)
+    try:
+        for X, Y in batches:
+            logits, state = model(X.to(device), state)                  # (T, rows, V)
+            yield X, Y, logits
+    finally:
+        model.train(was_training)
+
+
 def evaluate(model: nn.Module, ids: np.ndarray, *, batch_size: int, num_steps: int,
              device: torch.device | str = "cpu", before: np.ndarray | None = None
              ) -> tuple[float, int]:
     """Summed cross-entropy (nats) and token count over held-out `ids`, deterministically
-    (`held_out_batches`, the state carried across windows). `before`: the ids that precede
-    `ids` in the text, which a model that reads history (an n-gram mixture) sees first."""
-    batches = held_out_batches(ids, batch_size, num_steps)
-    was_training = model.training
-    model.eval()
-    state, loss_sum, tokens = model.begin_state(batches.starts.shape[1], device), 0.0, 0
-    if hasattr(model, "with_history"):   # an n-gram mixture reads the ids before each row
-        state = model.with_history(state, batches.corpus, batches.starts[0], before)
-    for X, Y in batches:
-        logits, state = model(X.to(device), state)                      # (T, rows, V)
+    (every window of `held_out_logits`)."""
+    loss_sum, tokens = 0.0, 0
+    for _, Y, logits in held_out_logits(model, ids, batch_size=batch_size, num_steps=num_steps,
+                                        device=device, before=before):
         # summed in float64 so a uniform model scores exactly V
         loss_sum += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).double(),
                                           Y.to(device).T.reshape(-1), reduction="sum"))
         tokens += Y.numel()
-    model.train(was_training)
     return loss_sum, tokens

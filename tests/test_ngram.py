@@ -266,6 +266,8 @@ def test_the_lab_generates_streams_and_scores_with_the_mixture(mixed_run, capsys
         model, vocab, _ = ckpt.load_run(mixed_run)
         listed = httpx.get(f"http://127.0.0.1:{port}/api/runs").json()["runs"][0]
         assert listed["ngram"] == model.ngram.order + 1                  # an n-gram, n ≤ 4 + 1
+        summary = json.loads((mixed_run.parent / "summary.json").read_text())
+        assert listed["ngram_val_ppl"] == pytest.approx(summary["val_ppl"], rel=1e-5)
         text = "the time machine said the traveller"
         body = httpx.post(f"{base}/score", json={"text": text}).json()
         ids = vocab[list(text)]

@@ -86,3 +86,15 @@ def test_the_quality_preset_mixes_in_an_ngram_model_and_the_chapter_does_not(tmp
     assert new_config({"corpus": str(corpus)}, "quality").ngram == 8
     assert new_config({"corpus": str(corpus), "ngram": 0}, "quality").ngram == 0
     assert new_config({}).ngram == 0                     # the chapter's run is unchanged
+
+
+def test_the_closing_samples_are_what_generate_prints_even_with_dropout(tmp_path, capsys):
+    corpus, out = tmp_path / "c.txt", tmp_path / "r"
+    corpus.write_text(_random_text(4000))
+    assert main(["train", "--corpus", str(corpus), "--cell", "lstm", "--hidden", "32",
+                 "--embed", "8", "--dropout", "0.5", "--optimizer", "adam", "--lr", "0.01",
+                 "--epochs", "2", "--batch-size", "8", "--prefix", "abc", "--json",
+                 "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert main(["generate", str(out), "--prefix", "abc", "--num-chars", "50"]) == 0
+    assert summary["samples"][0] == capsys.readouterr().out.rstrip("\n")   # no dropout in it

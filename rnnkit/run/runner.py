@@ -188,6 +188,7 @@ def summarize(run: Run, state: RunState, out: Path) -> dict:
             ckpt.load_weights_into(run.model, ckpt.read_checkpoint(path)[0], path)
             summary["last_val_ppl"], summary["val_ppl"] = final["val_ppl"], state.best_val_ppl
     model = mix_ngram(run, out, summary) if c.ngram and len(run.val_ids) else run.model
+    model.eval()      # the closing samples and test figure are what generate and eval give
     summary["samples"] = samples(run, model)
     if len(run.test_ids):
         usable = eval_rows(len(run.test_ids), c.batch_size, c.num_steps) >= 1

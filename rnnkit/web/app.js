@@ -21,7 +21,8 @@ async function loadRuns() {
     $("run-info").textContent = `${run.cell.toUpperCase()} ${run.layers}×${run.hidden}, ` +
       `${run.parameters.toLocaleString()} parameters, vocabulary ${run.vocab}, ` +
       `${run.epochs} epochs` + (run.best_val_ppl ? `, best validation perplexity ${run.best_val_ppl.toFixed(2)}` : "") +
-      (run.ngram ? `; a ${run.ngram}-gram model is mixed into its predictions` : "");
+      (run.ngram ? ` (network alone); ${run.ngram_val_ppl ? run.ngram_val_ppl.toFixed(2) + " " : ""}` +
+        `with a ${run.ngram}-gram model mixed into its predictions` : "");
     $("gen-prefix").value = run.prefix;
     $("gen-top-k").max = run.vocab;
     $("units-layer").innerHTML = [...Array(run.num_layers).keys()].map((i) => `<option>${i}</option>`).join("");
