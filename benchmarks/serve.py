@@ -49,7 +49,8 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "rnnkit", "train", "--epochs", "100",
                             "--sample-every", "0", "--json", "--out", run], check=True,
                            capture_output=True)
-        proc, url = start_lab(run)
+        with open(Path(tmp) / "server.log", "w") as server_log:     # read by nobody: a file
+            proc, url = start_lab(run, stderr=server_log)
         name = Path(run).name
         try:
             result = measure(f"{url}/api/runs/{name}")

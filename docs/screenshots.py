@@ -11,7 +11,7 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from test_browser import FLAGS  # noqa: E402
+from test_browser import FLAGS, _wait_for  # noqa: E402
 from test_lab import start_lab  # noqa: E402
 
 DOCS = Path(__file__).resolve().parent
@@ -30,7 +30,7 @@ def main(run_dirs: list[str]) -> None:
             page.fill("#gen-prefix", "The Time Traveller")
             page.fill("#gen-seed", "1")
             page.click("#gen-go")
-            page.wait_for_function("document.querySelector('#gen-status').textContent === 'done'")
+            _wait_for(page, "document.querySelector('#gen-status').textContent === 'done'")
             page.screenshot(path=str(DOCS / "lab-generate.png"))
             page.click("nav button[data-panel=read]")
             page.fill("#read-text", TEXT)

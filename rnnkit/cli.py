@@ -198,6 +198,9 @@ def _add_serve(sub) -> None:
     w.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this machine only)")
     w.add_argument("--port", type=int, default=8000, help="(default: 8000; 0 = any free port)")
+    w.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="with --host: also answer requests that name this machine NAME "
+                        "(repeatable; '*': any name). Loopback names are always answered")
     w.set_defaults(func=cmd_serve)
 
 
@@ -438,17 +441,28 @@ def cmd_generate(args) -> int:
 
 def cmd_serve(args) -> int:
     from .server import serve
+    from .webguard import is_loopback, split_host
     if not 0 <= args.port <= 65535:
         raise UsageError("--port must be between 0 and 65535")
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    for name in args.allow_host:
+        try:
+            if name != "*":
+                split_host(name)
+        except ValueError:
+            raise UsageError(f"--allow-host takes a host name, not {name!r}") from None
+    if not is_loopback(args.host):
         print(f"rnnkit: warning: listening on {args.host}: anyone who can reach this machine "
               "on the network can use the lab and its models", file=sys.stderr)
+    if "*" in args.allow_host:
+        print("rnnkit: warning: --allow-host '*' answers requests for any host name, so a web "
+              "page you visit can reach the lab through DNS rebinding", file=sys.stderr)
 
     def ready(url: str) -> None:
         print(f"rnnkit lab: {url}  (runs: {', '.join(args.run_dirs)}; Ctrl-C stops it)",
               flush=True)
     try:
-        serve(args.run_dirs, args.host, args.port, ready=ready)
+        serve(args.run_dirs, args.host, args.port, allow_hosts=tuple(args.allow_host),
+              ready=ready)
     except KeyboardInterrupt:    # uvicorn shut down cleanly, then passed Ctrl-C on: we are done
         pass
     print("rnnkit lab: stopped", file=sys.stderr)

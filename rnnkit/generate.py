@@ -53,6 +53,13 @@ class ScratchStepper:
         """Streams `rows` start again from the zero state (a new client in the lab)."""
         self.h[rows] = 0.0
 
+    def save(self, rows: list[int]) -> torch.Tensor:
+        """The state of streams `rows`, to `restore` after a step they sit out (the lab)."""
+        return self.h[rows].clone()
+
+    def restore(self, rows: list[int], saved: torch.Tensor) -> None:
+        self.h[rows] = saved
+
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         torch.index_select(self.rows, 0, ids, out=self.z)                # (N, H)
         self.z.addmm_(self.h, self.W_hh)                                 # (N, H)
@@ -74,6 +81,14 @@ class _ModelStepper:
         """Streams `rows` start again from the zero state (a new client in the lab)."""
         for s in self.state:
             s[..., rows, :] = 0.0
+
+    def save(self, rows: list[int]) -> list[torch.Tensor]:
+        """The state of streams `rows`, to `restore` after a step they sit out (the lab)."""
+        return [s[..., rows, :].clone() for s in self.state]
+
+    def restore(self, rows: list[int], saved: list[torch.Tensor]) -> None:
+        for s, kept in zip(self.state, saved):
+            s[..., rows, :] = kept
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         logits, self.state = self.model(ids[:, None], self.state)       # (1, N, V)

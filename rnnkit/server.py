@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from .errors import RnnkitError
 from .generate import beam_search, generate_ids, prefix_ids
 from .ngram import NgramMixture
 from .streams import Stream, StreamEngine
+from .webguard import Guard, HostRule, split_host
 
 WEB = Path(__file__).parent / "web"
 MAX_BODY, MAX_TEXT, MAX_CHARS, MAX_SAMPLES, MAX_BEAM = 1 << 20, 100_000, 10_000, 64, 64
@@ -104,21 +106,32 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 # ---- requests -----------------------------------------------------------------------------------
 def _field(obj: dict, name: str, kind, default, low=None, high=None):
-    """obj[name] as `kind` within [low, high], or `default` when absent; ApiError otherwise."""
-    value = obj.get(name, default)
+    """obj[name] as `kind` within [low, high], or `default` when absent or null; ApiError
+    otherwise."""
+    value = obj.get(name)
     if value is None:
-        return None
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ApiError(422, f"{name} must be a {kind.__name__}, not {_short(value)}")
     try:
-        if kind is int and (isinstance(value, bool) or float(value) != int(float(value))):
+        if isinstance(value, str) and len(value) > 40:
             raise ValueError
-        value = kind(value)
-    except (TypeError, ValueError):
-        raise ApiError(422, f"{name} must be a {kind.__name__}, not {value!r}") from None
-    if kind is float and not math.isfinite(value):
-        raise ApiError(422, f"{name} must be a finite number")
+        number = float(value)
+        if not math.isfinite(number):
+            raise ApiError(422, f"{name} must be a finite number")
+        if kind is int and number != int(number):
+            raise ValueError
+        value = int(value) if kind is int and not isinstance(value, float) else kind(number)
+    except (TypeError, ValueError, OverflowError):
+        raise ApiError(422, f"{name} must be a {kind.__name__}, not {_short(value)}") from None
     if (low is not None and value < low) or (high is not None and value > high):
         raise ApiError(422, f"{name} must be between {low} and {high}, not {value}")
     return value
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def sampling_request(obj: dict, run: LabRun) -> dict:
@@ -174,6 +187,10 @@ def text_request(obj: dict, run: LabRun) -> tuple[str, list[str], list[int]]:
     return cleaned, tokens, run.vocab[tokens]
 
 
+def _not_json(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
 async def read_json(request: Request) -> dict:
     """The request's JSON object, refusing bodies over MAX_BODY before reading them whole."""
     declared = request.headers.get("content-length")
@@ -185,8 +202,8 @@ async def read_json(request: Request) -> dict:
         if len(body) > MAX_BODY:
             raise ApiError(413, f"the request body is over {MAX_BODY:,} bytes")
     try:
-        obj = json.loads(body or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        obj = json.loads(body or b"{}", parse_constant=_not_json)
+    except (ValueError, RecursionError):        # bad UTF-8, NaN, 5,000-digit or deep values
         raise ApiError(400, "the request body is not valid JSON") from None
     if not isinstance(obj, dict):
         raise ApiError(400, "the request body must be a JSON object")
@@ -194,8 +211,17 @@ async def read_json(request: Request) -> dict:
 
 
 # ---- the app ------------------------------------------------------------------------------------
-def create_app(run_dirs: list[str | Path]) -> Starlette:
-    """The lab over these run directories (loaded once, here, through safetensors only)."""
+def create_app(runs: dict[str, LabRun], rule: HostRule) -> Guard:
+    """The lab over these runs, behind the guard that answers only the callers `rule` allows."""
+    app = Starlette(routes=ROUTES, exception_handlers={ApiError: api_error,
+                                                      HTTPException: http_error,
+                                                      Exception: internal_error})
+    app.state.runs = runs
+    return Guard(app, rule)
+
+
+def load_runs(run_dirs: list[str | Path]) -> dict[str, LabRun]:
+    """Each run directory loaded once (safetensors only), named by its directory's name."""
     runs: dict[str, LabRun] = {}
     for d in run_dirs:
         path = Path(d)
@@ -204,10 +230,7 @@ def create_app(run_dirs: list[str | Path]) -> Starlette:
         while name in runs:
             name += "+"
         runs[name] = LabRun(name, path, model, vocab, config)
-    app = Starlette(routes=ROUTES, exception_handlers={ApiError: api_error,
-                                                      HTTPException: http_error})
-    app.state.runs = runs
-    return app
+    return runs
 
 
 def run_of(request: Request) -> LabRun:
@@ -282,6 +305,14 @@ async def http_error(request, exc: HTTPException):
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
 
 
+async def internal_error(request, exc: Exception):
+    # a bug, not the caller's mistake: one line in the server's log, no traceback to the client
+    print(f"rnnkit lab: internal error on {request.method} {request.url.path}: "
+          f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+    return JSONResponse({"error": f"internal error ({type(exc).__name__}); the lab keeps "
+                                  "serving"}, status_code=500)
+
+
 ROUTES = [Route("/", index), Route("/api/runs", list_runs),
           Route("/api/runs/{name}/metrics", metrics),
           Route("/api/runs/{name}/generate", generate, methods=["POST"]),
@@ -328,6 +359,8 @@ async def _events(run: LabRun, req: dict):
             items = [await queue.get()]
             while not queue.empty():
                 items.append(queue.get_nowait())
+            stream.taken += len(items)
+            run.engine.wake()
             failure = next((i for i in items if isinstance(i, str)), None)
             if failure is not None:
                 yield _event("error", {"error": failure})
@@ -365,11 +398,12 @@ def _validation_text(run: LabRun, chars: int) -> str:
 
 
 def serve(run_dirs: list[str], host: str = "127.0.0.1", port: int = 8000, *,
-          ready=None) -> None:
-    """Serve the lab until Ctrl-C. `ready(url)` is called once the socket listens."""
+          allow_hosts: tuple[str, ...] = (), ready=None) -> None:
+    """Serve the lab until Ctrl-C. `ready(url)` is called once the socket listens. Requests
+    must name this machine by a loopback name, `host` itself or one of `allow_hosts` ('*': any)."""
     import socket
     import uvicorn
-    app = create_app(run_dirs)
+    runs = load_runs(run_dirs)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -378,7 +412,10 @@ def serve(run_dirs: list[str], host: str = "127.0.0.1", port: int = 8000, *,
     except OSError as e:
         raise RnnkitError(f"cannot listen on {host}:{port} ({e.strerror}); pick another "
                           "--port") from None
-    url = f"http://{host if family == socket.AF_INET else f'[{host}]'}:{sock.getsockname()[1]}/"
+    bound = sock.getsockname()[1]
+    url = f"http://{host if family == socket.AF_INET else f'[{host}]'}:{bound}/"
+    names = frozenset(split_host(n)[0] for n in (*allow_hosts, host) if n != "*")
+    app = create_app(runs, HostRule(bound, names, any_host="*" in allow_hosts))
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)
 

@@ -12,6 +12,7 @@ import torch
 from .generate import pick_next, stepper
 
 FLUSH = 0.03                    # seconds between two chunks of one stream
+BACKLOG = 8                     # chunks a client may leave unread before its stream pauses
 
 
 @dataclass
@@ -29,12 +30,24 @@ class Stream:
     cancelled: bool = False
     unsent: list = field(default_factory=list)   # steps made since the last emit
     sent_at: float = 0.0
+    sent: int = 0               # chunks handed over (written by the engine only) ...
+    taken: int = 0              # ... and read by the client (written by its reader only)
+
+    @property
+    def paused(self) -> bool:
+        """The client has BACKLOG chunks unread: make nothing more until it reads (a client
+        that stops reading costs a bounded buffer, not memory without end)."""
+        return self.sent - self.taken >= BACKLOG
+
+    def send(self, item) -> None:
+        self.sent += 1
+        self.emit(item)
 
     def flush(self, now: float, done: bool = False) -> None:
         """Hand the tokens made so far to the client: the first at once, then every FLUSH
         seconds (a chunk, not an event per character), and the rest at the end."""
         if self.unsent and (done or self.made == 1 or now - self.sent_at >= FLUSH):
-            self.emit(self.unsent)
+            self.send(self.unsent)
             self.unsent, self.sent_at = [], now
 
 
@@ -62,6 +75,11 @@ class StreamEngine:
             self.cond.notify()
         return stream
 
+    def wake(self) -> None:
+        """A client read its chunks: its paused stream may go on."""
+        with self.cond:
+            self.cond.notify()
+
     @staticmethod
     def close(stream: Stream) -> None:
         stream.cancelled = True                         # the engine frees its rows next step
@@ -70,8 +88,9 @@ class StreamEngine:
         with torch.inference_mode():
             while True:
                 with self.cond:
-                    while not self.streams and not self.pending:
-                        self.cond.wait()
+                    while not self.pending and all(s.paused and not s.cancelled
+                                                   for s in self.streams):
+                        self.cond.wait(timeout=0.05)      # nothing to do until a client reads
                     for stream in self.pending:
                         self._admit(stream)
                     self.pending.clear()
@@ -79,7 +98,7 @@ class StreamEngine:
                     self._step()
                 except Exception as e:  # noqa: BLE001 — tell every client, keep serving
                     for stream in self.streams:
-                        stream.emit(f"generation failed: {type(e).__name__}: {e}")
+                        stream.send(f"generation failed: {type(e).__name__}: {e}")
                         self.free += stream.rows
                     self.streams.clear()
 
@@ -95,9 +114,19 @@ class StreamEngine:
         self.streams.append(stream)
 
     def _step(self) -> None:
+        sitting_out: dict[int, list[int]] = {}          # the rows of paused streams, by block
+        for stream in self.streams:
+            if stream.paused and not stream.cancelled:
+                for b, s in stream.rows:
+                    sitting_out.setdefault(b, []).append(s)
+        kept = {b: self.blocks[b].save(rows) for b, rows in sitting_out.items()}
         logits = torch.cat([block(ids) for block, ids in zip(self.blocks, self.inputs)])
+        for b, saved in kept.items():                   # their state as if no step was taken
+            self.blocks[b].restore(sitting_out[b], saved)
         now = time.monotonic()                                   # (blocks · BLOCK, V)
         for stream in list(self.streams):
+            if stream.paused and not stream.cancelled:
+                continue                            # its rows idle in the block until it reads
             if not stream.cancelled and stream.made < stream.num_chars:
                 self._advance(stream, logits)
             done = stream.cancelled or stream.made >= stream.num_chars
@@ -106,7 +135,7 @@ class StreamEngine:
                 self.streams.remove(stream)
                 self.free += stream.rows
                 if not stream.cancelled:
-                    stream.emit(None)
+                    stream.send(None)
 
     def _advance(self, stream: Stream, logits: list[torch.Tensor]) -> None:
         if stream.read + 1 < len(stream.prefix):        # warm-up: read the next prefix token

@@ -4,6 +4,7 @@ a text, switch hidden units, see the training curve. Screenshots go to $RNNKIT_S
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -19,18 +20,34 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 
 
 @pytest.fixture(scope="module")
-def page(runs):  # noqa: F811
+def browser():
+    """One Chromium for the module (Playwright's sync API allows one instance at a time)."""
     from playwright.sync_api import sync_playwright
-    proc, url = start_lab(*runs)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1100, "height": 760})
-        page.goto(url + "/")
-        page.wait_for_selector("#run option", state="attached")
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(runs, browser):  # noqa: F811
+    proc, url = start_lab(*runs)
+    page = browser.new_page(viewport={"width": 1100, "height": 760})
+    page.goto(url + "/")
+    page.wait_for_selector("#run option", state="attached")
+    yield page
+    page.close()
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=30)
+
+
+def _wait_for(page, condition: str, timeout: float = 30.0) -> None:
+    """Poll a JavaScript condition from Python: Playwright's wait_for_function evaluates a
+    string in the page, which the lab's CSP (no 'unsafe-eval') rightly refuses."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(condition):
+        assert time.monotonic() < deadline, f"timed out waiting for {condition}"
+        time.sleep(0.05)
 
 
 def _shot(page, name, tmp_path):
@@ -42,16 +59,16 @@ def test_generate_streams_text_into_the_page(page, tmp_path):
     page.fill("#gen-prefix", "the time machine")
     page.fill("#gen-seed", "4")
     page.click("#gen-go")
-    page.wait_for_function("document.querySelector('#gen-status').textContent === 'done'")
+    _wait_for(page, "document.querySelector('#gen-status').textContent === 'done'")
     texts = page.locator("#gen-out pre").all_inner_texts()
     assert len(texts) == 2 and all(t.startswith("the time machine") and len(t) == 316
                                    for t in texts)
     _shot(page, "generate", tmp_path)
     page.fill("#gen-length", "10000")                    # a long one, stopped half-way
     page.click("#gen-go")
-    page.wait_for_function("document.querySelector('#gen-out pre')?.textContent.length > 60")
+    _wait_for(page, "document.querySelector('#gen-out pre')?.textContent.length > 60")
     page.click("#gen-stop")
-    page.wait_for_function("document.querySelector('#gen-status').textContent === 'stopped'")
+    _wait_for(page, "document.querySelector('#gen-status').textContent === 'stopped'")
     assert len(page.locator("#gen-out pre").first.inner_text()) < 10_000
 
 
@@ -102,5 +119,73 @@ def test_unknown_characters_are_shown_on_the_page(page):
     assert '"¿" at 8' in page.inner_text("#read-unknown")
     assert page.locator("#read-out span").count() == 0     # the earlier text's shading is gone
     page.click("#read-anyway")
-    page.wait_for_function(f"document.querySelectorAll('#read-out span').length == "
+    _wait_for(page, f"document.querySelectorAll('#read-out span').length == "
                            f"{len('He said ¿qué?')}")
+
+
+HOSTILE = "<img/src=x/onerror=window.pwned=1>"          # a word of the corpus, as scraped text
+
+
+@pytest.fixture(scope="module")
+def hostile_run(tmp_path_factory):
+    """A word-level run whose tokens, corpus file name and run name are all markup."""
+    from rnnkit.cli import main
+    root = tmp_path_factory.mktemp("hostile")
+    corpus = root / "<img src=x onerror=window.pwned=2>.txt"
+    corpus.write_text(f"hello {HOSTILE} world <b>bold</b> again\n" * 300)
+    out = root / "<img src=x onerror=window.pwned=3>"
+    assert main(["train", "--corpus", str(corpus), "--token", "word", "--clean", "none",
+                 "--hidden", "16", "--epochs", "2", "--batch-size", "4", "--num-steps", "5",
+                 "--sample-every", "0", "--out", str(out)]) == 0
+    return corpus, out
+
+
+def test_hostile_tokens_and_names_appear_as_text_and_run_nothing(hostile_run, browser):
+    corpus, out = hostile_run
+    proc, url = start_lab(out)
+    errors = []
+    try:
+        page = browser.new_page()
+        page.on("console", lambda m: m.type == "error" and not m.text.startswith(
+            "Failed to load resource") and errors.append(m.text))   # (4xx answers: fine)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url + "/")
+        page.wait_for_selector("#run option", state="attached")
+        assert page.locator("#run option").first.inner_text() == out.name   # run name
+        page.fill("#gen-prefix", "hello")                            # generated text
+        page.fill("#gen-length", "40")
+        page.click("#gen-go")
+        _wait_for(page, "document.querySelector('#gen-status').textContent === 'done'")
+        assert HOSTILE in page.inner_text("#gen-out")
+        page.click("nav button[data-panel=read]")                  # tooltip: the guesses
+        page.fill("#read-text", f"hello {HOSTILE} world")
+        page.click("#read-go")
+        page.wait_for_selector("#read-out span[data-i='1']")
+        page.hover("#read-out span[data-i='1']")
+        page.wait_for_selector("#tooltip:not([hidden])")
+        assert HOSTILE in page.inner_text("#tooltip")
+        page.fill("#read-text", "hello <script>window.pwned=4</script> world")
+        page.click("#read-go")                                     # the unknown-token notice
+        page.wait_for_selector("#read-unknown:not([hidden])")
+        assert "<script>window.pwned=4</script>" in page.inner_text("#read-unknown")
+        page.fill("#read-text", f"hello {HOSTILE} world")
+        page.click("nav button[data-panel=units]")                 # unit tooltip, ranking
+        page.click("#units-go")
+        page.wait_for_selector("#units-out span[data-i='1']")
+        page.hover("#units-out span[data-i='1']")
+        _wait_for(page, "document.querySelector('#tooltip').textContent.includes('unit 0')")
+        assert HOSTILE in page.inner_text("#tooltip")
+        page.click("nav button[data-panel=training]")              # config: the corpus path
+        page.wait_for_selector("#config tr")
+        assert corpus.name in page.inner_text("#config")
+        time.sleep(0.3)
+        assert page.evaluate("window.pwned") is None               # no handler ran
+        assert page.evaluate("document.querySelectorAll('img, script:not([src])').length"
+                             ) == 0                                # and no markup was made
+        assert page.evaluate("[...document.querySelectorAll('b')].every(b => "
+                             "b.closest('#units-ranking') && b.textContent !== 'bold')")
+        page.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    assert errors == []            # nothing the CSP or Trusted Types had to refuse, no JS error

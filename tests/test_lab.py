@@ -29,13 +29,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_lab(*run_dirs, host="127.0.0.1"):
-    """`rnnkit serve` in a subprocess; (process, base URL) once it listens."""
+def start_lab(*run_dirs, host="127.0.0.1", args=(), stderr=subprocess.PIPE):
+    """`rnnkit serve` in a subprocess; (process, base URL) once it listens. (A long benchmark
+    passes a file as `stderr`: a pipe nobody reads would block the server once it is full.)"""
     proc = subprocess.Popen([sys.executable, "-m", "rnnkit", "serve", *map(str, run_dirs),
-                             "--host", host, "--port", "0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                             "--host", host, "--port", "0", *args], stdout=subprocess.PIPE,
+                            stderr=stderr, text=True)
     line = proc.stdout.readline()
-    assert line.startswith("rnnkit lab: http://"), (line, proc.stderr.read())
+    assert line.startswith("rnnkit lab: http://"), (line, proc.stderr and proc.stderr.read())
     return proc, line.split()[2].rstrip("/")
 
 
@@ -139,17 +140,54 @@ def test_streams_are_independent_of_whoever_else_is_connected(server):
     assert results[0] == _stream(url, num_chars=150, temperature=0.9, seed=100)["done"]
 
 
-def test_a_fixed_size_block_computes_each_row_independently():
-    """What StreamEngine relies on: in a BLOCK-row step, a row's result ignores the others."""
-    torch.manual_seed(0)
-    model = torch.nn.Linear(512, 512)
-    x = torch.randn(512)
+@pytest.mark.parametrize("which", [0, 1])
+def test_a_fixed_size_block_computes_each_row_independently(which, runs):
+    """What StreamEngine relies on: in a BLOCK-row step of rnnkit's stepper (the from-scratch
+    RNN's and torch's 2-layer LSTM's), a row's logits and state ignore the other rows."""
+    from rnnkit.generate import stepper
+    model = load_run(runs[which])[0]
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 20, (6,), generator=g)             # the row's own inputs, in order
     outs = []
     for position in range(0, StreamEngine.BLOCK, 5):
-        batch = torch.randn(StreamEngine.BLOCK, 512)
-        batch[position] = x
-        outs.append(model(batch)[position])
+        step = stepper(model, StreamEngine.BLOCK)
+        with torch.inference_mode():
+            for t in range(len(ids)):
+                batch = torch.randint(0, 20, (StreamEngine.BLOCK,), generator=g)
+                batch[position] = ids[t]
+                logits = step(batch)                               # (BLOCK, V)
+        outs.append(logits[position].clone())
     assert all(torch.equal(o, outs[0]) for o in outs)
+
+
+def test_an_unread_stream_waits_on_a_bounded_backlog_and_then_goes_on_unchanged(runs):
+    """A client that stops reading holds BACKLOG chunks, no more; once it reads again its
+    stream finishes with the very text it would have made without the pause."""
+    from rnnkit.streams import BACKLOG, FLUSH, Stream
+    model, vocab, _ = load_run(runs[0])
+    engine = StreamEngine(model)
+
+    def open_stream(items):
+        return engine.open(Stream(vocab[list("the time")], 10_000, 2, {"temperature": 0.9},
+                                  torch.Generator().manual_seed(3), items.append))
+    reader: list = []
+    stream = open_stream(reader)
+    time.sleep(40 * FLUSH)
+    made = stream.made
+    time.sleep(20 * FLUSH)
+    assert len(reader) == BACKLOG and stream.made == made < 10_000       # paused, bounded
+    while reader[-1] is not None:                                      # now it reads on
+        stream.taken = len(reader)
+        engine.wake()
+        time.sleep(FLUSH)
+    alone: list = []
+    free_running = open_stream(alone)
+    while not alone or alone[-1] is not None:
+        free_running.taken = len(alone)
+        time.sleep(FLUSH)
+    text = [[i for chunk in items[:-1] for step in chunk for i in step]   # ids, step by step
+            for items in (reader, alone)]
+    assert text[0] == text[1] and len(text[0]) == 10_000 * 2
 
 
 def test_score_matches_the_model_and_names_the_guesses(server, runs):
@@ -229,11 +267,21 @@ def test_unknown_characters_are_named_with_their_positions(server):
 ])
 def test_bad_requests_get_one_clear_4xx_and_the_server_keeps_serving(
         method, path, body, status, message, server):
-    kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
+    kwargs = ({"content": body, "headers": {"content-type": "application/json"}}
+              if isinstance(body, bytes) else {"json": body})
     r = getattr(httpx, method)(f"{server}{path}", **({} if body is None else kwargs))
     assert r.status_code == status
     assert message in r.json()["error"]
     assert httpx.get(f"{server}/api/runs").status_code == 200
+
+
+def test_a_null_field_means_not_given(server):
+    """Found by the fuzz test: {"num_chars": null} was a 500; null takes the default."""
+    r = httpx.post(f"{server}/api/runs/chapter/generate",
+                   json={"num_chars": None, "num_samples": None, "prefix": None, "seed": None})
+    assert r.status_code == 200
+    [sample] = r.json()["samples"]
+    assert len(sample["text"]) == len("time traveller") + 100
 
 
 def test_metrics_follow_a_run_while_it_writes(server, runs):

@@ -1,7 +1,29 @@
 // The rnnkit lab page: one function per panel, the server's JSON API underneath.
+// Every string from the server or the user is data: it enters the page as text nodes, through
+// el() and svg(), never as HTML (the lab's CSP turns on Trusted Types, so the browser itself
+// refuses a string assigned to innerHTML).
 const $ = (id) => document.getElementById(id);
 let run = null;                                   // the selected run's summary (GET /api/runs)
 let scored = null;                                // the last "Read a text" result
+
+function el(tag, props = {}, ...children) {
+  // an element with these properties (dataset: an object), children as nodes or plain text
+  const e = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "dataset") Object.assign(e.dataset, value); else e[key] = value;
+  }
+  e.append(...children);
+  return e;
+}
+
+function svg(tag, attrs = {}, text = null) {
+  const e = document.createElementNS($("curve").namespaceURI, tag);       // the SVG namespace
+  for (const [key, value] of Object.entries(attrs)) e.setAttribute(key, value);
+  if (text !== null) e.textContent = text;
+  return e;
+}
+
+const runPath = (what) => `/api/runs/${encodeURIComponent(run.name)}/${what}`;
 
 async function api(path, body) {
   const response = await fetch(path, body === undefined ? {} : {
@@ -15,7 +37,7 @@ async function api(path, body) {
 async function loadRuns() {
   const {runs} = await api("/api/runs");
   const select = $("run");
-  select.innerHTML = runs.map((r) => `<option>${r.name}</option>`).join("");
+  select.replaceChildren(...runs.map((r) => el("option", {value: r.name}, r.name)));
   const pick = () => {
     run = runs.find((r) => r.name === select.value);
     $("run-info").textContent = `${run.cell.toUpperCase()} ${run.layers}×${run.hidden}, ` +
@@ -25,8 +47,8 @@ async function loadRuns() {
         `with a ${run.ngram}-gram model mixed into its predictions` : "");
     $("gen-prefix").value = run.prefix;
     $("gen-top-k").max = run.vocab;
-    $("units-layer").innerHTML = [...Array(run.num_layers).keys()].map((i) => `<option>${i}</option>`).join("");
-    $("units-state").innerHTML = run.states.map((s) => `<option>${s}</option>`).join("");
+    $("units-layer").replaceChildren(...[...Array(run.num_layers).keys()].map((i) => el("option", {value: i}, String(i))));
+    $("units-state").replaceChildren(...run.states.map((s) => el("option", {value: s}, s)));
     $("units-unit").max = run.hidden - 1;
     loadTraining();
   };
@@ -64,17 +86,14 @@ function generateRequest() {
 async function generate() {
   const q = generateRequest();
   const out = $("gen-out");
-  out.innerHTML = "";
+  out.replaceChildren();
   $("gen-status").textContent = "";
   if ($("gen-beam-on").checked) {                 // beam search: one JSON answer, best first
     try {
-      const {samples} = await api(`/api/runs/${run.name}/generate`,
+      const {samples} = await api(runPath("generate"),
                                   {...q, beam: $("gen-beam").value, temperature: 0});
       for (const s of samples) {
-        const pre = document.createElement("pre");
-        pre.textContent = s.text;
-        pre.title = `log-probability ${s.log_prob.toFixed(3)}`;
-        out.append(pre);
+        out.append(el("pre", {title: `log-probability ${s.log_prob.toFixed(3)}`}, s.text));
       }
     } catch (e) { $("gen-status").textContent = e.message; }
     return;
@@ -83,15 +102,14 @@ async function generate() {
   $("gen-go").disabled = true;
   $("gen-stop").disabled = false;
   try {
-    const response = await fetch(`/api/runs/${run.name}/stream?${new URLSearchParams(q)}`,
+    const response = await fetch(`${runPath("stream")}?${new URLSearchParams(q)}`,
                                  {signal: abort.signal});
     if (!response.ok) throw new Error((await response.json()).error);
     const pres = [];
     await readEvents(response, (kind, data) => {
       if (kind === "start") {
         for (let i = 0; i < data.num_samples; i++) {
-          pres.push(out.appendChild(document.createElement("pre")));
-          pres[i].textContent = data.prefix;
+          pres.push(out.appendChild(el("pre", {}, data.prefix)));
         }
       } else if (kind === "chunk") {
         pres[data.sample].textContent += data.text;
@@ -131,10 +149,10 @@ async function readEvents(response, onEvent) {
 async function score(unknown = "refuse") {
   $("read-status").textContent = "scoring…";
   $("read-unknown").hidden = true;
-  $("read-out").innerHTML = "";                   // no stale shading from an earlier text
+  $("read-out").replaceChildren();                // no stale shading from an earlier text
   $("read-summary").textContent = "";
   try {
-    scored = await api(`/api/runs/${run.name}/score`, {text: $("read-text").value, unknown});
+    scored = await api(runPath("score"), {text: $("read-text").value, unknown});
   } catch (e) {
     $("read-status").textContent = "";
     if (e.data && e.data.unknown) return showUnknown(e.data);
@@ -152,11 +170,12 @@ async function score(unknown = "refuse") {
 function showUnknown(data) {
   const box = $("read-unknown");
   box.hidden = false;
-  box.innerHTML = "Not in the run's vocabulary: " + data.unknown.map((u) =>
-    `<code>${JSON.stringify(u.char)}</code> at ${u.positions.slice(0, 8).join(", ")}` +
-    (u.positions.length > 8 ? "…" : "")).join("; ") +
-    ` <button id="read-anyway">score the rest, reading those as &lt;unk&gt;</button>`;
-  $("read-anyway").onclick = () => score("unk");
+  const parts = ["Not in the run's vocabulary: "];
+  data.unknown.forEach((u, k) => parts.push(k ? "; " : "", el("code", {}, JSON.stringify(u.char)),
+    ` at ${u.positions.slice(0, 8).join(", ")}${u.positions.length > 8 ? "…" : ""}`));
+  const anyway = el("button", {id: "read-anyway"}, "score the rest, reading those as <unk>");
+  anyway.onclick = () => score("unk");
+  box.replaceChildren(...parts, " ", anyway);
 }
 
 function surprisalColour(bits) {
@@ -168,30 +187,27 @@ function surprisalColour(bits) {
 }
 
 function guessesTable(i) {
-  if (i === 0) return "the first character: nothing to predict it from";
-  const rows = scored.top_ids[i].map((id, k) =>
-    `<tr><td>${JSON.stringify(scored.vocab[id])}</td><td>${(100 * scored.top_probs[i][k]).toFixed(1)}%</td></tr>`);
-  return `<div>${JSON.stringify(scored.tokens[i])}: ${(100 * scored.prob[i]).toFixed(1)}%, ` +
-         `${scored.bits[i].toFixed(2)} bits</div><table class="guesses">${rows.join("")}</table>`;
+  if (i === 0) return ["the first character: nothing to predict it from"];
+  const rows = scored.top_ids[i].map((id, k) => el("tr", {},
+    el("td", {}, JSON.stringify(scored.vocab[id])), el("td", {}, `${(100 * scored.top_probs[i][k]).toFixed(1)}%`)));
+  return [el("div", {}, `${JSON.stringify(scored.tokens[i])}: ${(100 * scored.prob[i]).toFixed(1)}%, ` +
+                        `${scored.bits[i].toFixed(2)} bits`),
+          el("table", {className: "guesses"}, ...rows)];
 }
 
 function renderShaded(box, tokens, colours, tooltip) {
+  // tooltip(i): the nodes (or text) to show when token i is under the mouse
   const sep = run.token === "word" ? " " : "";
-  box.innerHTML = "";
-  const frag = document.createDocumentFragment();
-  tokens.forEach((t, i) => {
-    const span = document.createElement("span");
-    span.textContent = (i > 0 ? sep : "") + (t === "\n" ? "↵\n" : t);
-    if (colours[i]) span.style.background = colours[i];
-    span.dataset.i = i;
-    frag.append(span);
-  });
-  box.append(frag);
+  box.replaceChildren(...tokens.map((t, i) => {
+    const span = el("span", {dataset: {i}}, (i > 0 ? sep : "") + (t === "\n" ? "↵\n" : t));
+    if (colours[i]) span.style.background = colours[i];     // CSSOM: allowed by the CSP
+    return span;
+  }));
   box.onmousemove = (event) => {
     const i = event.target.dataset.i;
     const tip = $("tooltip");
     if (i === undefined) { tip.hidden = true; return; }
-    tip.innerHTML = tooltip(Number(i));
+    tip.replaceChildren(...[tooltip(Number(i))].flat());
     tip.hidden = false;
     tip.style.left = `${event.clientX + 14}px`;
     tip.style.top = `${event.clientY + 14}px`;
@@ -205,7 +221,7 @@ let unitData = null;                                // {tokens, shape, scale, va
 async function loadUnits() {
   $("units-status").textContent = "computing…";
   try {
-    const r = await api(`/api/runs/${run.name}/units`, {text: $("read-text").value, unknown: "unk",
+    const r = await api(runPath("units"), {text: $("read-text").value, unknown: "unk",
       layer: Number($("units-layer").value), state: $("units-state").value});
     const raw = Uint8Array.from(atob(r.data), (c) => c.charCodeAt(0));
     unitData = {...r, values: new Int8Array(raw.buffer)};
@@ -232,47 +248,48 @@ function divergingColour(v) {
 }
 
 function showRanking(ranking) {
-  $("units-ranking").innerHTML = Object.entries(ranking).map(([feature, units]) =>
-    `<div><b>${feature}</b><br>` + units.map(([u, r]) =>
-      `<button data-unit="${u}" title="correlation ${r}">${u} (${r.toFixed(2)})</button>`).join("") + "</div>").join("");
-  for (const b of $("units-ranking").querySelectorAll("button")) {
-    b.onclick = () => { $("units-unit").value = b.dataset.unit; showUnit(); };
-  }
+  $("units-ranking").replaceChildren(...Object.entries(ranking).map(([feature, units]) =>
+    el("div", {}, el("b", {}, feature), el("br"), ...units.map(([u, r]) => {
+      const b = el("button", {dataset: {unit: u}, title: `correlation ${r}`}, `${u} (${r.toFixed(2)})`);
+      b.onclick = () => { $("units-unit").value = u; showUnit(); };
+      return b;
+    }))));
 }
 
 // ---- 4. training: the perplexity curves, refreshed while a run trains -------------------------
 async function loadTraining() {
   if (!run) return;
-  const {metrics, config} = await api(`/api/runs/${run.name}/metrics`);
+  const {metrics, config} = await api(runPath("metrics"));
   drawCurve(metrics);
   $("training-status").textContent = metrics.length ? `${metrics.length} epochs so far (refreshed every 5 s)` : "no epochs yet";
-  $("config").innerHTML = Object.entries(config).map(([k, v]) =>
-    `<tr><td>${k}</td><td>${JSON.stringify(v)}</td></tr>`).join("");
+  $("config").replaceChildren(...Object.entries(config).map(([k, v]) =>
+    el("tr", {}, el("td", {}, k), el("td", {}, JSON.stringify(v)))));
 }
 
 function drawCurve(metrics) {
-  const svg = $("curve"), W = 640, H = 300, pad = 44;
+  const box = $("curve"), W = 640, H = 300, pad = 44;
   const series = [["train", metrics.map((m) => m.train_ppl)], ["val", metrics.map((m) => m.val_ppl)]];
   const all = series.flatMap(([, ys]) => ys).filter((y) => y > 0);
-  if (!all.length) { svg.innerHTML = ""; return; }
+  if (!all.length) { box.replaceChildren(); return; }
   const lo = Math.log(Math.min(...all)), hi = Math.log(Math.max(...all)) + 1e-9;
   const x = (i) => pad + (W - 2 * pad) * (metrics.length > 1 ? i / (metrics.length - 1) : 0.5);
   const y = (v) => H - pad - (H - 2 * pad) * (Math.log(v) - lo) / (hi - lo || 1);
-  let html = `<line x1="${pad}" y1="${H - pad}" x2="${W - pad}" y2="${H - pad}" stroke="#bbb"/>` +
-             `<line x1="${pad}" y1="${pad}" x2="${pad}" y2="${H - pad}" stroke="#bbb"/>` +
-             `<text x="${W / 2}" y="${H - 10}">epoch</text>` +
-             `<text x="4" y="${pad - 12}">perplexity (log scale)</text>` +
-             `<text x="4" y="${y(Math.exp(lo)) + 4}">${Math.exp(lo).toFixed(2)}</text>` +
-             `<text x="4" y="${y(Math.exp(hi)) + 4}">${Math.exp(hi).toFixed(2)}</text>` +
-             `<text x="${W - pad - 10}" y="${H - pad + 16}">${metrics.length}</text>`;
+  const parts = [
+    svg("line", {x1: pad, y1: H - pad, x2: W - pad, y2: H - pad, stroke: "#bbb"}),
+    svg("line", {x1: pad, y1: pad, x2: pad, y2: H - pad, stroke: "#bbb"}),
+    svg("text", {x: W / 2, y: H - 10}, "epoch"),
+    svg("text", {x: 4, y: pad - 12}, "perplexity (log scale)"),
+    svg("text", {x: 4, y: y(Math.exp(lo)) + 4}, Math.exp(lo).toFixed(2)),
+    svg("text", {x: 4, y: y(Math.exp(hi)) + 4}, Math.exp(hi).toFixed(2)),
+    svg("text", {x: W - pad - 10, y: H - pad + 16}, String(metrics.length))];
   series.forEach(([name, ys], k) => {
     const pts = ys.map((v, i) => v ? `${x(i).toFixed(1)},${y(v).toFixed(1)}` : null).filter(Boolean);
     if (!pts.length) return;
-    html += `<polyline class="${name}" fill="none" stroke-width="2" points="${pts.join(" ")}"/>` +
-            `<line class="${name}" x1="${W - 150}" x2="${W - 130}" y1="${20 + 16 * k}" y2="${20 + 16 * k}" stroke-width="2"/>` +
-            `<text x="${W - 124}" y="${24 + 16 * k}">${name === "val" ? "validation" : "train"}</text>`;
+    parts.push(svg("polyline", {class: name, fill: "none", "stroke-width": 2, points: pts.join(" ")}),
+               svg("line", {class: name, x1: W - 150, x2: W - 130, y1: 20 + 16 * k, y2: 20 + 16 * k, "stroke-width": 2}),
+               svg("text", {x: W - 124, y: 24 + 16 * k}, name === "val" ? "validation" : "train"));
   });
-  svg.innerHTML = html;
+  box.replaceChildren(...parts);
 }
 
 // ---- start ---------------------------------------------------------------------------------------
@@ -281,7 +298,7 @@ $("gen-go").onclick = generate;
 $("gen-stop").onclick = () => abort && abort.abort();
 $("read-go").onclick = () => score();
 $("read-validation").onclick = async () => {
-  $("read-text").value = (await api(`/api/runs/${run.name}/validation?chars=2000`)).text;
+  $("read-text").value = (await api(`${runPath("validation")}?chars=2000`)).text;
   score();
 };
 $("units-go").onclick = loadUnits;
