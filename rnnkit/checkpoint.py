@@ -28,7 +28,7 @@ from torch import nn
 from .config import TrainConfig
 from .errors import RnnkitError
 from .files import atomic_write, check_regular_file, read_bounded
-from .models import build_model, check_size
+from .models import LanguageModel, build_model, check_size
 from .ngram import KneserNey, NgramMixture
 from .text import Vocab
 
@@ -243,13 +243,21 @@ def load_ngram(path: Path, network: nn.Module, vocab_size: int) -> NgramMixture:
 
 def load_run(run_dir: str | os.PathLike, *, weights: str | None = None,
              device: str | torch.device = "cpu", ngram: bool = True
-             ) -> tuple[nn.Module, Vocab, TrainConfig]:
+             ) -> tuple[LanguageModel, Vocab, TrainConfig]:
     """Rebuild a trained model from a run directory: (model in eval mode, vocab, config).
 
     `weights`: best, last, or a file in the run directory; by default, what the run ended on.
     Weights load onto `device` in fp32 whatever device and precision they were trained with.
     A run with an n-gram model (`--ngram`) gives the mixture, unless `ngram` is False."""
     config, vocab = load_config_and_vocab(run_dir)
+    return load_model(run_dir, config, vocab, weights=weights, device=device, ngram=ngram), \
+        vocab, config
+
+
+def load_model(run_dir: str | os.PathLike, config: TrainConfig, vocab: Vocab, *,
+               weights: str | None = None, device: str | torch.device = "cpu",
+               ngram: bool = True) -> LanguageModel:
+    """The model of a run whose config and vocabulary are read (`load_run`)."""
     path = weights_path(run_dir, weights or config.end_on or "last")
     with torch.device("meta"):                 # shapes only: nothing is allocated
         shapes = expected_shapes(build_model(len(vocab), config))
@@ -259,4 +267,4 @@ def load_run(run_dir: str | os.PathLike, *, weights: str | None = None,
     model = model.to(device).eval()
     if ngram and config.ngram and (Path(run_dir) / "ngram.safetensors").exists():
         model = load_ngram(Path(run_dir) / "ngram.safetensors", model, len(vocab))
-    return model, vocab, config
+    return model

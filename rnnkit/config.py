@@ -5,11 +5,12 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from .errors import UsageError as RnnkitError
+from .errors import UsageError
+from .text import CLEAN_MODES, TOKEN_MODES
 
 BOOK_PREFIX = "time traveller"      # the chapter's sample prefix
 BOOK_MAX_TOKENS = 10_000            # the chapter trains on the book's first 10,000 characters
-CHOICES = {"clean": ("d2l", "lower", "none"), "token": ("char", "word"),
+CHOICES = {"clean": CLEAN_MODES, "token": TOKEN_MODES,
            "cell": ("rnn", "gru", "lstm"), "impl": ("bptt", "autograd", "torch"),
            "precision": ("fp32", "bf16", "fp16"), "sampling": ("sequential", "random"),
            "optimizer": ("sgd", "adam", "adamw"), "schedule": ("constant", "cosine", "plateau"),
@@ -67,46 +68,46 @@ class TrainConfig:
     sample_every: int = 10         # print a sample every N epochs (0 = never)
 
     def validate(self) -> "TrainConfig":
-        """Raise RnnkitError naming the first setting that is out of range."""
+        """Raise UsageError naming the first setting that is out of range."""
         for name, allowed in CHOICES.items():
             value = getattr(self, name)
             if value not in allowed and not (name == "end_on" and value is None):
-                raise RnnkitError(f"--{name.replace('_', '-')} must be one of "
+                raise UsageError(f"--{name.replace('_', '-')} must be one of "
                                   f"{', '.join(allowed)}, not {value!r}")
         for name in ("hidden", "batch_size", "num_steps"):
             if getattr(self, name) <= 0:
-                raise RnnkitError(f"--{name.replace('_', '-')} must be positive")
+                raise UsageError(f"--{name.replace('_', '-')} must be positive")
         for name in ("lr", "clip"):
             v = getattr(self, name)
             if not (v > 0 and math.isfinite(v)):
-                raise RnnkitError(f"--{name} must be a positive number")
+                raise UsageError(f"--{name} must be a positive number")
         if self.epochs < 0:
-            raise RnnkitError("--epochs must be 0 or more")
+            raise UsageError("--epochs must be 0 or more")
         if not 0 <= self.val_fraction < 1:
-            raise RnnkitError("--val-fraction must be in [0, 1)")
+            raise UsageError("--val-fraction must be in [0, 1)")
         if not 0 <= self.test_fraction < 1 or self.val_fraction + self.test_fraction >= 1:
-            raise RnnkitError("--test-fraction must be in [0, 1) and leave room for training")
+            raise UsageError("--test-fraction must be in [0, 1) and leave room for training")
         if self.layers < 1 or self.embed < 0 or not 0 <= self.dropout < 1:
-            raise RnnkitError("--layers must be 1 or more, --embed 0 or more, --dropout in [0, 1)")
+            raise UsageError("--layers must be 1 or more, --embed 0 or more, --dropout in [0, 1)")
         if (self.layers > 1 or self.dropout > 0 or self.embed > 0) and self.impl != "torch":
-            raise RnnkitError(f"--impl {self.impl} cannot run --layers, --dropout or --embed "
+            raise UsageError(f"--impl {self.impl} cannot run --layers, --dropout or --embed "
                               "(the from-scratch cells are one layer on one-hot inputs); use "
                               "--impl torch, or leave --impl out and rnnkit picks it")
         if self.tie and self.embed != self.hidden:
-            raise RnnkitError("--tie needs --embed equal to --hidden")
+            raise UsageError("--tie needs --embed equal to --hidden")
         if self.weight_decay < 0 or self.warmup < 0 or self.patience < 0 or self.ngram < 0:
-            raise RnnkitError("--weight-decay, --warmup, --patience and --ngram must be 0 or "
+            raise UsageError("--weight-decay, --warmup, --patience and --ngram must be 0 or "
                               "more")
         if not (self.time_budget >= 0 and math.isfinite(self.time_budget)):
-            raise RnnkitError("--time-budget must be 0 (none) or a number of seconds")
+            raise UsageError("--time-budget must be 0 (none) or a number of seconds")
         if self.min_freq < 0 or self.sample_every < 0:
-            raise RnnkitError("--min-freq and --sample-every must be 0 or more")
+            raise UsageError("--min-freq and --sample-every must be 0 or more")
         if self.max_tokens is not None and (self.max_tokens == 0 or self.max_tokens < -1):
-            raise RnnkitError("--max-tokens must be a positive number of tokens or -1 (all)")
+            raise UsageError("--max-tokens must be a positive number of tokens or -1 (all)")
         if not 0 <= self.seed < 1 << 63:
-            raise RnnkitError("--seed must be in [0, 2^63)")
+            raise UsageError("--seed must be in [0, 2^63)")
         if self.prefix is not None and not 0 < len(self.prefix) <= 10_000:
-            raise RnnkitError("--prefix must hold 1 to 10,000 characters")
+            raise UsageError("--prefix must hold 1 to 10,000 characters")
         self._check_sizes()
         self._check_precision()
         return self
@@ -119,31 +120,35 @@ class TrainConfig:
                   "max_tokens": 1 << 62, "ngram": 32}
         for name, limit in limits.items():
             if (getattr(self, name) or 0) > limit:
-                raise RnnkitError(f"--{name.replace('_', '-')} is absurdly large (at most "
+                raise UsageError(f"--{name.replace('_', '-')} is absurdly large (at most "
                                   f"{limit:,})")
         if self.batch_size * self.num_steps > 1 << 24:
-            raise RnnkitError("--batch-size x --num-steps is absurdly large (at most 16,777,216 "
+            raise UsageError("--batch-size x --num-steps is absurdly large (at most 16,777,216 "
                               "tokens a batch)")
         if self.time_budget > 10 ** 9:
-            raise RnnkitError("--time-budget is absurdly large")
+            raise UsageError("--time-budget is absurdly large")
         from .models import check_size
         check_size(1, self)           # the weights that do not depend on the vocabulary
 
     def _check_precision(self) -> None:
         if self.precision == "fp16" and not self.device.startswith("cuda"):
-            raise RnnkitError("--precision fp16 needs --device cuda (use bf16 on a CPU)")
+            raise UsageError("--precision fp16 needs --device cuda (use bf16 on a CPU)")
         if self.precision == "fp16" and self.impl == "bptt":
-            raise RnnkitError("--precision fp16 runs with --impl autograd or torch")
+            raise UsageError("--precision fp16 runs with --impl autograd or torch")
         if self.cell != "rnn" and self.impl == "bptt" and self.precision == "bf16":
-            raise RnnkitError("--precision bf16 with --impl bptt is for --cell rnn; use "
+            raise UsageError("--precision bf16 with --impl bptt is for --cell rnn; use "
                               "--impl torch for bf16 gated cells")
+
+    def token_cap(self) -> int:
+        """`max_tokens` made concrete: given, else the book's 10,000 or all (-1) of a file."""
+        return self.max_tokens or (BOOK_MAX_TOKENS if self.corpus is None else -1)
 
     def resolved(self, corpus_prefix: str) -> "TrainConfig":
         """A copy with every `None = automatic` setting made concrete: what config.json holds.
         `corpus_prefix`: the first words of the training slice (the default sample prefix)."""
         book = self.corpus is None
         return dataclasses.replace(
-            self, max_tokens=self.max_tokens or (BOOK_MAX_TOKENS if book else -1),
+            self, max_tokens=self.token_cap(),
             end_on=self.end_on or ("last" if book else "best"),
             prefix=self.prefix or (BOOK_PREFIX if book else corpus_prefix))
 
@@ -154,11 +159,11 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         """Rebuild from JSON, refusing unknown keys and mistyped values (no eval, no pickle)."""
         if not isinstance(d, dict):
-            raise RnnkitError("config must be a JSON object")
+            raise UsageError("config must be a JSON object")
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = set(d) - set(fields)
         if unknown:
-            raise RnnkitError(f"config has unknown keys: {', '.join(sorted(unknown))}")
+            raise UsageError(f"config has unknown keys: {', '.join(sorted(unknown))}")
         for name, value in d.items():
             kind = fields[name].type.replace(" | None", "")
             ok = (value is None and "None" in fields[name].type) or {
@@ -167,7 +172,7 @@ class TrainConfig:
                 "int": isinstance(value, int) and not isinstance(value, bool),
                 "bool": isinstance(value, bool)}[kind]
             if not ok:
-                raise RnnkitError(f"config value {name}={value!r} has the wrong type")
+                raise UsageError(f"config value {name}={value!r} has the wrong type")
         return cls(**{**cls().to_dict(), **d}).validate()
 
     def for_resume(self, changes: dict) -> "TrainConfig":
@@ -175,7 +180,7 @@ class TrainConfig:
         setting that differs from the saved one, rather than silently ignoring it."""
         for name, value in changes.items():
             if name not in RESUMABLE and getattr(self, name) != value:
-                raise RnnkitError(
+                raise UsageError(
                     f"--{name.replace('_', '-')} {value} contradicts the run's saved "
                     f"{getattr(self, name)}; a resumed run keeps its settings (it may change "
                     f"only {', '.join('--' + n.replace('_', '-') for n in RESUMABLE)}) — start "

@@ -9,6 +9,7 @@ import os
 import random
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from .config import STDIN
-from .encode import prepare, read_corpus, stdin_copy  # noqa: F401  (read_corpus: this API's)
+from .encode import ids_dtype, prepare, read_corpus, stdin_copy  # noqa: F401 (read_corpus: API)
 from .errors import RnnkitError
 from .files import atomic_write
 from .text import Vocab, text_to_ids
@@ -83,24 +84,63 @@ def load_corpus(path: str | os.PathLike | None = None, clean: str = "d2l", token
     if vocab is None or own.idx_to_token == vocab.idx_to_token:
         return ids, own
     to_run = np.array([vocab[t] for t in own.idx_to_token],    # this file's id → the run's id
-                      dtype=np.uint8 if len(vocab) <= 256 else np.uint32)
+                      dtype=ids_dtype(len(vocab)))
     return to_run[ids], vocab
+
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Slices:
+    """A corpus cut into contiguous slices, held-out ones taken from the end:
+
+        ids:  | train (capped: its first max_tokens) ...unused... | val | test |
+              0                                        val_start ^  test_start ^
+
+    Each slice is a view of `ids`; `before(split)` is the text that precedes it, which a model
+    that reads history (an n-gram mixture) sees before the slice's first token."""
+    ids: np.ndarray                 # (N,) the whole corpus
+    train_end: int
+    val_start: int
+    test_start: int
+
+    @classmethod
+    def of(cls, ids: np.ndarray, val_fraction: float = 0.1, max_tokens: int = -1,
+           test_fraction: float = 0.0) -> "Slices":
+        """`max_tokens > 0` keeps the first `max_tokens` of the training slice (the book's
+        10,000), so the held-out slices never overlap what training sees."""
+        n = len(ids)
+        test_start = n - round(n * test_fraction)
+        val_start = test_start - round(n * val_fraction)
+        return cls(ids, min(val_start, max_tokens) if max_tokens > 0 else val_start,
+                   val_start, test_start)
+
+    def __getitem__(self, split: str) -> np.ndarray:
+        start, end = self._bounds(split)
+        return self.ids[start:end]
+
+    def before(self, split: str) -> np.ndarray:
+        return self.ids[:self._bounds(split)[0]]
+
+    def _bounds(self, split: str) -> tuple[int, int]:
+        return {"train": (0, self.train_end), "val": (self.val_start, self.test_start),
+                "test": (self.test_start, len(self.ids))}[split]
 
 
 def split_corpus(ids: np.ndarray, val_fraction: float = 0.1, max_tokens: int = -1,
                  test_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Contiguous (train, val, test) slices: train | val | test, val and test taken from the end.
+    """Contiguous (train, val, test) slices (`Slices.of`)."""
+    slices = Slices.of(ids, val_fraction, max_tokens, test_fraction)
+    return tuple(slices[split] for split in SPLITS)
 
-    `max_tokens > 0` keeps only the first `max_tokens` of the training slice (the book's 10,000),
-    so the held-out slices never overlap what training sees.
-    """
-    n = len(ids)
-    n_test = round(n * test_fraction)
-    n_val = round(n * val_fraction)
-    train = ids[: n - n_val - n_test]
-    if max_tokens > 0:
-        train = train[:max_tokens]
-    return train, ids[n - n_val - n_test: n - n_test], ids[n - n_test:]
+
+def read_slices(config, vocab: Vocab | None = None) -> tuple[Vocab, Slices]:
+    """The config's corpus and its slices: the one place a run's slices are derived. With
+    `vocab` the ids are in that vocabulary (unknown tokens → <unk>), else in the corpus's own."""
+    ids, vocab = load_corpus(corpus_path(config), config.clean, config.token,
+                             config.min_freq, vocab=vocab)
+    return vocab, Slices.of(ids, config.val_fraction, config.token_cap(), config.test_fraction)
 
 
 class Batches:

@@ -155,7 +155,7 @@ def _vocab(counts: np.ndarray, first_seen: np.ndarray) -> Vocab:
 
 def _lookup(vocab: Vocab, size: int) -> np.ndarray:
     """Code point → id table (0 = <unk>); uint8 ids while the vocabulary allows."""
-    dtype = np.uint8 if len(vocab) <= 256 else np.uint32
+    dtype = ids_dtype(len(vocab))
     top = max([ord(t) + 1 for t in vocab.idx_to_token[1:]] + [size])
     table = np.zeros(top, dtype=dtype)
     for i, tok in enumerate(vocab.idx_to_token[1:], start=1):
@@ -186,8 +186,9 @@ def encode_chars(path: Path, clean: str, out) -> Vocab:
     return vocab
 
 
-def _ids_dtype(vocab: Vocab):
-    return np.uint8 if len(vocab) <= 256 else np.uint32
+def ids_dtype(vocab_size: int):
+    """The id array's type: one byte a token while the vocabulary fits in 256, else four."""
+    return np.uint8 if vocab_size <= 256 else np.uint32
 
 
 def _open_ids(path: Path, dtype) -> np.ndarray:
@@ -255,7 +256,7 @@ def _load_cached(ids_path: Path, meta_path: Path) -> tuple[np.ndarray, Vocab] | 
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         vocab = Vocab.from_dict(meta["vocab"])
-        dtype = _ids_dtype(vocab)
+        dtype = ids_dtype(len(vocab))
         length = meta["length"]
         if (meta.get("format") != CACHE_FORMAT or not isinstance(length, int) or length < 1
                 or ids_path.stat().st_size != length * np.dtype(dtype).itemsize
@@ -276,8 +277,8 @@ def _write_entry(path: Path, clean: str, token: str, min_freq: int, ids_path: Pa
                 vocab = encode_chars(path, clean, out)
             else:                                          # words: the list pipeline
                 ids, vocab = text_to_ids(read_corpus(path), clean, token, min_freq)
-                out.write(ids.astype(_ids_dtype(vocab)).tobytes())
-            length = out.tell() // np.dtype(_ids_dtype(vocab)).itemsize
+                out.write(ids.astype(ids_dtype(len(vocab))).tobytes())
+            length = out.tell() // np.dtype(ids_dtype(len(vocab))).itemsize
             out.flush()
             os.fsync(out.fileno())
         if length == 0:

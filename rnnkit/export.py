@@ -2,68 +2,24 @@
 token ids (N,) and the state in, logits (N, V) and the next state out, N dynamic.
 
 Every model — the scratch RNN, GRU and LSTM, and torch's layers (stacked, with embeddings) — is
-first read as the same layers in `torch.nn`'s gate order and form (`cell_layers`), then written
+first read as the same layers in `torch.nn`'s gate order and form (its `cell_layers`), then written
 with one ONNX node per equation, so the graph reads like the cells in models.py.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from torch import nn
 
-from .checkpoint import _json_bytes, load_run
-from .errors import RnnkitError, UsageError
+from .checkpoint import _json_bytes
+from .errors import UsageError
 from .files import atomic_write
-from .models import GRUScratch, LSTMScratch, RNNScratch, TorchRNN
+from .models import LanguageModel, Layer
+from .text import SEPARATOR
 
 OPSET = 17
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}   # gate blocks in torch.nn's order: GRU r z n, LSTM i f g o
-
-
-@dataclass
-class Layer:
-    """One recurrent layer as x W_x + b_x and h W_h + b_h, gates side by side: (in | H, G·H)."""
-    W_x: np.ndarray
-    W_h: np.ndarray
-    b_x: np.ndarray
-    b_h: np.ndarray
-
-
-def cell_layers(model: nn.Module) -> tuple[str, np.ndarray, list[Layer], np.ndarray, np.ndarray]:
-    """(cell, input table (V, in): an embedding or one-hot rows, layers, W_out (H, V), b_out)."""
-    def a(t):
-        return t.detach().float().cpu().numpy()
-    if isinstance(model, TorchRNN):
-        rnn = model.rnn
-        layers = [Layer(a(getattr(rnn, f"weight_ih_l{k}").T), a(getattr(rnn, f"weight_hh_l{k}").T),
-                        a(getattr(rnn, f"bias_ih_l{k}")), a(getattr(rnn, f"bias_hh_l{k}")))
-                  for k in range(rnn.num_layers)]
-        table = (a(model.embedding.weight) if model.embedding is not None
-                 else np.eye(model.vocab_size, dtype=np.float32))
-        return model.cell, table, layers, a(model.linear.weight.T), a(model.linear.bias)
-    eye = np.eye(model.vocab_size, dtype=np.float32)
-    zero = np.zeros(model.num_hiddens, dtype=np.float32)
-    if isinstance(model, RNNScratch):
-        layer = Layer(a(model.W_xh), a(model.W_hh), a(model.b_h), zero)
-        return "rnn", eye, [layer], a(model.W_hq), a(model.b_q)
-    if isinstance(model, GRUScratch):
-        m = model
-        layer = Layer(np.concatenate([a(m.W_xr), a(m.W_xz), a(m.W_xn)], 1),
-                      np.concatenate([a(m.W_hr), a(m.W_hz), a(m.W_hn)], 1),
-                      np.concatenate([a(m.b_r), a(m.b_z), a(m.b_xn)]),
-                      np.concatenate([zero, zero, a(m.b_hn)]))
-        return "gru", eye, [layer], a(m.W_hq), a(m.b_q)
-    if isinstance(model, LSTMScratch):
-        m, order = model, ("i", "f", "c", "o")
-        layer = Layer(np.concatenate([a(getattr(m, f"W_x{g}")) for g in order], 1),
-                      np.concatenate([a(getattr(m, f"W_h{g}")) for g in order], 1),
-                      np.concatenate([a(getattr(m, f"b_{g}")) for g in order]),
-                      np.zeros(4 * m.num_hiddens, dtype=np.float32))
-        return "lstm", eye, [layer], a(m.W_hq), a(m.b_q)
-    raise RnnkitError(f"cannot export a {type(model).__name__}")
 
 
 class _Graph:
@@ -108,11 +64,14 @@ def _step(g: _Graph, cell: str, k: int, layer: Layer, x: str, h: str, c: str | N
     return g.op("Mul", g.op("Sigmoid", o), g.op("Tanh", c_new)), c_new  # h' = o tanh(c')
 
 
-def build_onnx(model: nn.Module):
-    """The ONNX ModelProto of one step of `model` (see the module docstring)."""
+def build_onnx(model: LanguageModel):
+    """The ONNX ModelProto of one step of `model`'s network (see the module docstring)."""
     from onnx import TensorProto, checker, helper
-    cell, table, layers, W_out, b_out = cell_layers(model)
-    hidden, stacked = layers[0].W_h.shape[0], isinstance(model, TorchRNN)
+    view = model.network.cell_layers()
+    cell, table, layers, W_out, b_out = view.cell, view.table, view.layers, view.W_out, view.b_out
+    # torch's layers keep a state (layers, N, H); the scratch cells one (N, H)
+    hidden = layers[0].W_h.shape[0]
+    stacked = model.network.begin_state(1, "cpu")[0].dim() == 3
     g = _Graph()
     # the first layer's input projection of a one-hot or embedded token: a row lookup
     x = g.op("Gather", g.const("input_table", table), "ids", axis=0)           # (N, in)
@@ -146,10 +105,14 @@ def build_onnx(model: nn.Module):
     return proto
 
 
-def export_onnx(run_dir: str | os.PathLike, out: str | os.PathLike, *, weights: str | None = None,
+def export_onnx(run, out: str | os.PathLike, *, weights: str | None = None,
                 force: bool = False) -> tuple[Path, Path]:
-    """Write RUN_DIR's model as `out` (.onnx) and, beside it, `out` with .json: the vocabulary,
-    the config and how to call the graph. Nothing is written unless both can be."""
+    """Write a run's network (`run`: a `Run`, or a run directory with `weights`) as `out`
+    (.onnx) and, beside it, `out` with .json: the vocabulary, the config and how to call the
+    graph. Nothing is written unless both can be."""
+    from .run import Run
+    if not isinstance(run, Run):
+        run = Run.open(run, weights=weights, ngram=False)
     out = Path(out)
     sidecar = out.with_suffix(".json")
     for path in (out, sidecar):
@@ -157,16 +120,16 @@ def export_onnx(run_dir: str | os.PathLike, out: str | os.PathLike, *, weights: 
             raise UsageError(f"{path} exists; pass --force to replace it")
         if path.is_dir() or not path.parent.is_dir():
             raise UsageError(f"cannot write {path}: pick a file in an existing directory")
-    model, vocab, config = load_run(run_dir, weights=weights, ngram=False)
-    proto = build_onnx(model)
-    state = model.begin_state(1, "cpu")
+    network, config = run.model.network, run.config
+    proto = build_onnx(network)
+    state = network.begin_state(1, "cpu")
     names = ["h", "c"][:len(state)]
     meta = {"format": "rnnkit-onnx", "version": 1, "model": out.name,
             "inputs": {"ids": ["N"], **{n: ["N" if d == 1 else d for d in s.shape]
                                         for n, s in zip(names, state)}},
             "outputs": ["logits"] + [f"{n}_next" for n in names],
-            "separator": "" if config.token == "char" else " ", "prefix": config.prefix,
-            "vocab": vocab.to_dict(), "config": config.to_dict()}
+            "separator": SEPARATOR[config.token], "prefix": config.prefix,
+            "vocab": run.vocab.to_dict(), "config": config.to_dict()}
     atomic_write(out, proto.SerializeToString())
     atomic_write(sidecar, _json_bytes(meta))
     return out, sidecar

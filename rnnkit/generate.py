@@ -1,15 +1,18 @@
 """Samples: warm up on a prefix, then greedy argmax (the book's `predict_ch8`) or temperature /
-top-k / top-p sampling, for one stream or many at once. Inference only: no autograd, no
-per-step tensor construction.
+top-k / top-p sampling, for one stream or many at once, and beam search. Inference only: no
+autograd; greedy and sampled steps build no new tensors (beam search's do, to rank its beams).
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 import torch
-from torch import nn
 
-from .models import RNNScratch
-from .text import Vocab
+from .models import LanguageModel
+from .text import Vocab, detokenize, tokens_of
 
 
 class ScratchStepper:
@@ -67,10 +70,10 @@ class ScratchStepper:
         return torch.addmm(self.b_q, self.h, self.W_hq, out=self.logits)  # (N, V)
 
 
-class _ModelStepper:
+class ModelStepper:
     """Any model with `begin_state` and `forward`: one step for N streams."""
 
-    def __init__(self, model: nn.Module, n: int, device):
+    def __init__(self, model: LanguageModel, n: int, device):
         self.model, self.state = model, model.begin_state(n, device)
 
     def reorder(self, rows: torch.Tensor) -> None:
@@ -95,14 +98,6 @@ class _ModelStepper:
         return logits[0]                                                 # (N, V)
 
 
-def stepper(model: nn.Module, n: int, device="cpu"):
-    """A step function for `n` streams: ids (n,) → logits (n, V), carrying each stream's state."""
-    if isinstance(model, RNNScratch) and torch.device(device).type == "cpu":
-        return ScratchStepper(model.W_xh, model.W_hh, model.b_h, model.W_hq, model.b_q,
-                              model.begin_state(n, device)[0])
-    return _ModelStepper(model, n, device)
-
-
 def pick_next(logits: torch.Tensor, *, temperature: float = 0.0, top_k: int | None = None,
               top_p: float | None = None, generator: torch.Generator | None = None
               ) -> torch.Tensor:
@@ -119,19 +114,20 @@ def pick_next(logits: torch.Tensor, *, temperature: float = 0.0, top_k: int | No
         sorted_p, order = torch.sort(probs, dim=1, descending=True)
         # drop a token once the mass before it already reaches top_p (the first always stays)
         drop = (sorted_p.cumsum(dim=1) - sorted_p) >= top_p
+        drop[:, 0] = False          # even where top_p is below float32's range (1e-50 → 0)
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(1, order, sorted_p)
     return torch.multinomial(probs, 1, generator=generator)[:, 0]  # (N,)
 
 
 @torch.inference_mode()
-def generate_ids(model: nn.Module, prefix: list[int], num_preds: int, *, num_samples: int = 1,
+def generate_ids(model: LanguageModel, prefix: list[int], num_preds: int, *, num_samples: int = 1,
                  temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                  seed: int | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
     """Warm up on `prefix` ids, then produce `num_preds` ids per stream: (num_samples, num_preds)."""
     if not prefix:
         raise ValueError("the prefix must hold at least one token")
-    step = stepper(model, num_samples, device)
+    step = model.stepper(num_samples, device)
     return generate_with(step, prefix, num_preds, num_samples=num_samples,
                          temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                          device=device)
@@ -160,7 +156,7 @@ def generate_with(step, prefix: list[int], num_preds: int, *, num_samples: int =
 
 
 @torch.inference_mode()
-def beam_search(model: nn.Module, prefix: list[int], num_preds: int, *, beam: int,
+def beam_search(model: LanguageModel, prefix: list[int], num_preds: int, *, beam: int,
                 num_results: int = 1, length_penalty: float = 0.0, stop_id: int | None = None,
                 device: torch.device | str = "cpu") -> list[tuple[list[int], float]]:
     """The `num_results` best continuations of `prefix` as (ids, log-probability), best first.
@@ -176,7 +172,7 @@ def beam_search(model: nn.Module, prefix: list[int], num_preds: int, *, beam: in
     if not 1 <= num_results <= beam:
         raise ValueError("num_results must be between 1 and the beam width")
     n = beam + 1                                    # streams 0..beam-1: the beam; beam: greedy
-    step = stepper(model, n, device)
+    step = model.stepper(n, device)
     ids = torch.full((n,), prefix[0], dtype=torch.long, device=device)
     for tok in prefix[1:]:                          # warm-up: every stream reads the prefix
         step(ids)
@@ -212,17 +208,62 @@ def beam_search(model: nn.Module, prefix: list[int], num_preds: int, *, beam: in
     return sorted(unique, key=ranked, reverse=True)[:num_results]
 
 
+@dataclass(frozen=True)
+class Limits:
+    """How much one request may ask for (the CLI and the lab allow different amounts)."""
+    num_chars: int
+    num_samples: int
+    beam: int
+    generated: int                  # num_samples x num_chars: bounds the output's memory
+
+
+def check_sampling(s: dict, limits: Limits, name: Callable[[str], str] = str) -> None:
+    """Raise ValueError naming the first setting of the request `s` (num_chars, num_samples,
+    temperature, top_k, top_p, seed, beam, length_penalty, stop_at) out of range; `name`
+    spells a setting as the caller's user knows it (the CLI's --num-chars, the lab's num_chars)."""
+    n = name
+    if not 0 <= s["num_chars"] <= limits.num_chars:
+        raise ValueError(f"{n('num_chars')} must be between 0 and {limits.num_chars:,}")
+    if not (s["temperature"] >= 0 and math.isfinite(s["temperature"])):
+        raise ValueError(f"{n('temperature')} must be 0 (greedy) or more")
+    if s.get("top_k") is not None and s["top_k"] < 1:
+        raise ValueError(f"{n('top_k')} must be 1 or more")
+    if s.get("top_p") is not None and not 0 < s["top_p"] <= 1:
+        raise ValueError(f"{n('top_p')} must be in (0, 1]")
+    if not 1 <= s["num_samples"] <= limits.num_samples:
+        raise ValueError(f"{n('num_samples')} must be between 1 and {limits.num_samples:,}")
+    if s["num_samples"] * s["num_chars"] > limits.generated:
+        raise ValueError(f"{n('num_samples')} x {n('num_chars')} must be at most "
+                         f"{limits.generated:,}")
+    if s.get("seed") is not None and not 0 <= s["seed"] < 1 << 63:
+        raise ValueError(f"{n('seed')} must be in [0, 2^63)")
+    beam, penalty = s.get("beam"), s.get("length_penalty") or 0.0
+    if beam is None:
+        if s.get("stop_at") is not None or penalty:
+            raise ValueError(f"{n('stop_at')} and {n('length_penalty')} go with {n('beam')}")
+        return
+    if not 1 <= beam <= limits.beam:
+        raise ValueError(f"{n('beam')} must be between 1 and {limits.beam:,}")
+    if s["temperature"] or s.get("top_k") is not None or s.get("top_p") is not None:
+        raise ValueError(f"{n('beam')} searches for the likeliest text; it takes no "
+                         f"{n('temperature')}, {n('top_k')} or {n('top_p')}")
+    if s["num_samples"] > beam:
+        raise ValueError(f"{n('num_samples')} must be at most {n('beam')}: {s['num_samples']} "
+                         f"is more than {n('beam')} {beam} can return")
+    if not math.isfinite(penalty) or penalty < 0:
+        raise ValueError(f"{n('length_penalty')} must be 0 or more")
+
+
 def prefix_ids(vocab: Vocab, prefix: str, token: str = "char") -> tuple[list[int], list[str]]:
     """Prefix text → ids, and the tokens that were not in the vocabulary (mapped to <unk>)."""
-    tokens = list(prefix) if token == "char" else prefix.split()
+    tokens = tokens_of(prefix, token)
     unknown = [t for t in tokens if t not in vocab.token_to_idx]
     return vocab[tokens], unknown
 
 
-def predict(model: nn.Module, vocab: Vocab, prefix: str, num_preds: int, *, token: str = "char",
+def predict(model: LanguageModel, vocab: Vocab, prefix: str, num_preds: int, *, token: str = "char",
             device: torch.device | str = "cpu", **sampling) -> str:
     """The book's `predict_ch8`: prefix (as the vocabulary spells it) + `num_preds` tokens."""
     ids, _ = prefix_ids(vocab, prefix, token)
     new = generate_ids(model, ids, num_preds, device=device, **sampling)[0].tolist()
-    sep = "" if token == "char" else " "
-    return sep.join(vocab.to_tokens(ids + new))
+    return detokenize(vocab.to_tokens(ids + new), token)

@@ -2,17 +2,15 @@
 would have guessed instead, and what every hidden unit does along the text.
 
 One recurrent pass (`trace`, numpy, one GEMV per character and layer) gives every layer's
-states and gates and the logits; `score` and `units` read from it. Every model goes through
-`export.cell_layers`, the same torch-form view the ONNX graph is written from.
+states and gates and the logits; `score` and `units` read from it. Every network goes through
+its `cell_layers`, the same torch-form view the ONNX graph is written from.
 """
 from __future__ import annotations
 
 import base64
 
 import numpy as np
-from torch import nn
-
-from .export import cell_layers
+from .models import CellLayers
 
 FEATURES = ("inside quotes", "inside parentheses", "position in line", "start of a word",
             "after a vowel")
@@ -23,10 +21,11 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (np.tanh(0.5 * x) + 1.0)        # no overflow for large |x|
 
 
-def trace(model: nn.Module, ids: list[int]) -> dict:
-    """Run `model` over `ids` from its zero state. Returns {"logits": (T, V), "layers": [{state
-    name: (T, H)}]}: logits[t] predicts ids[t + 1]; states are those after reading ids[t]."""
-    cell, table, layers, W_out, b_out = cell_layers(model)
+def trace(view: CellLayers, ids: list[int]) -> dict:
+    """Run a network (its `cell_layers`) over `ids` from its zero state. Returns {"logits":
+    (T, V), "layers": [{state name: (T, H)}]}: logits[t] predicts ids[t + 1]; states are those
+    after reading ids[t]. (Call it as `model.trace(ids)`.)"""
+    cell, table, layers, W_out, b_out = view.cell, view.table, view.layers, view.W_out, view.b_out
     x = table[np.asarray(ids, dtype=np.int64)]                            # (T, in)
     record = []
     for layer in layers:

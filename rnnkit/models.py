@@ -2,10 +2,15 @@
 `GRUScratch` and `LSTMScratch` in the same style, and `TorchRNN`, the book's concise `RNNModel`
 on `torch.nn.RNN`/`GRU`/`LSTM` + `nn.Linear`.
 
-Every model maps ids X (B, T) and a state tuple to logits (T, B, V) and the new state tuple.
+Every model is a `LanguageModel`: ids X (B, T) and a state tuple → logits (T, B, V) and the
+new state tuple, plus the few methods its callers need (below), so that no caller asks what
+kind of model it holds.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,8 +18,6 @@ from torch import nn
 from . import bptt
 from .errors import UsageError
 
-IMPLS = ("bptt", "autograd", "torch")
-PRECISIONS = ("fp32", "bf16")
 MAX_PARAMETERS = 1 << 30     # 4 GiB of fp32 weights (16 GiB with Adam): far beyond a char model
 
 
@@ -28,7 +31,66 @@ def _normal(shape: tuple[int, ...], generator: torch.Generator | None) -> nn.Par
     return nn.Parameter(torch.randn(shape, generator=generator) * 0.01)
 
 
-class RNNScratch(nn.Module):
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy()
+
+
+@dataclass
+class Layer:
+    """One recurrent layer as x W_x + b_x and h W_h + b_h, gates side by side: (in | H, G·H)."""
+    W_x: np.ndarray
+    W_h: np.ndarray
+    b_x: np.ndarray
+    b_h: np.ndarray
+
+
+@dataclass
+class CellLayers:
+    """A network in `torch.nn`'s gate order and form, in numpy: what the lab traces and the
+    ONNX graph is written from. `table` (V, in): an embedding, or one-hot rows."""
+    cell: str
+    table: np.ndarray
+    layers: list[Layer]
+    W_out: np.ndarray            # (H, V)
+    b_out: np.ndarray            # (V,)
+
+
+class LanguageModel(nn.Module):
+    """The interface of every model kind. Training calls `begin_state` and `forward`;
+    evaluation `prime`; generation `stepper`; the lab `trace` and `network`; export
+    `network.cell_layers`; reports `mixture`."""
+
+    mixture: dict | None = None     # {"n": n-gram order, figures} of a mixed-in n-gram model
+
+    @property
+    def network(self) -> "LanguageModel":
+        """The recurrent network itself (a mixture's network; else the model)."""
+        return self
+
+    def begin_state(self, batch_size: int, device: torch.device | str | None = None) -> tuple:
+        raise NotImplementedError
+
+    def prime(self, state: tuple, ids: np.ndarray, starts: np.ndarray,
+              before: np.ndarray | None = None) -> tuple:
+        """`state` for rows that start at `starts` in `ids` (`before`: the ids before `ids`).
+        A network starts every row from its zero state, having read nothing."""
+        return state
+
+    def stepper(self, n: int, device: torch.device | str = "cpu"):
+        """A step for `n` streams: ids (n,) → logits (n, V), carrying each stream's state."""
+        from .generate import ModelStepper
+        return ModelStepper(self, n, device)
+
+    def trace(self, ids: list[int]) -> dict:
+        """One text read from the zero state, with every layer's states (`lab.trace`)."""
+        from .lab import trace
+        return trace(self.cell_layers(), ids)
+
+    def cell_layers(self) -> CellLayers:
+        raise UsageError(f"a {type(self).__name__} has no recurrent layers to export")
+
+
+class RNNScratch(LanguageModel):
     """H_t = tanh(X_t W_xh + H_{t-1} W_hh + b_h),  O_t = H_t W_hq + b_q  (X_t one-hot).
 
     `impl='autograd'` runs the book's loop step by step (the reference); `impl='bptt'` runs the
@@ -62,8 +124,21 @@ class RNNScratch(nn.Module):
             outputs.append(H @ self.W_hq + self.b_q)                     # (B, V)
         return torch.stack(outputs), (H,)                                # (T, B, V)
 
+    def stepper(self, n: int, device: torch.device | str = "cpu"):
+        if torch.device(device).type != "cpu":
+            return super().stepper(n, device)
+        from .generate import ScratchStepper     # the CPU fast path, tested against the model
+        return ScratchStepper(self.W_xh, self.W_hh, self.b_h, self.W_hq, self.b_q,
+                              self.begin_state(n, device)[0])
 
-class GRUScratch(nn.Module):
+    def cell_layers(self) -> CellLayers:
+        zero = np.zeros(self.num_hiddens, dtype=np.float32)
+        return CellLayers("rnn", np.eye(self.vocab_size, dtype=np.float32),
+                          [Layer(_np(self.W_xh), _np(self.W_hh), _np(self.b_h), zero)],
+                          _np(self.W_hq), _np(self.b_q))
+
+
+class GRUScratch(LanguageModel):
     """The gated recurrent unit in `torch.nn.GRU`'s exact form (so the two can be compared):
 
         R_t = σ(X_t W_xr + H_{t-1} W_hr + b_r)                  reset gate
@@ -102,8 +177,17 @@ class GRUScratch(nn.Module):
             outputs.append(H @ self.W_hq + self.b_q)                                    # (B, V)
         return torch.stack(outputs), (H,)                                # (T, B, V)
 
+    def cell_layers(self) -> CellLayers:
+        zero = np.zeros(self.num_hiddens, dtype=np.float32)
+        layer = Layer(np.concatenate([_np(self.W_xr), _np(self.W_xz), _np(self.W_xn)], 1),
+                      np.concatenate([_np(self.W_hr), _np(self.W_hz), _np(self.W_hn)], 1),
+                      np.concatenate([_np(self.b_r), _np(self.b_z), _np(self.b_xn)]),
+                      np.concatenate([zero, zero, _np(self.b_hn)]))
+        return CellLayers("gru", np.eye(self.vocab_size, dtype=np.float32), [layer],
+                          _np(self.W_hq), _np(self.b_q))
 
-class LSTMScratch(nn.Module):
+
+class LSTMScratch(LanguageModel):
     """Long short-term memory in `torch.nn.LSTM`'s exact form:
 
         I_t = σ(X_t W_xi + H_{t-1} W_hi + b_i)    F_t = σ(X_t W_xf + H_{t-1} W_hf + b_f)
@@ -144,8 +228,17 @@ class LSTMScratch(nn.Module):
             outputs.append(H @ self.W_hq + self.b_q)                       # (B, V)
         return torch.stack(outputs), (H, C)                              # (T, B, V)
 
+    def cell_layers(self) -> CellLayers:
+        gates = ("i", "f", "c", "o")                                     # torch.nn.LSTM's order
+        layer = Layer(np.concatenate([_np(getattr(self, f"W_x{g}")) for g in gates], 1),
+                      np.concatenate([_np(getattr(self, f"W_h{g}")) for g in gates], 1),
+                      np.concatenate([_np(getattr(self, f"b_{g}")) for g in gates]),
+                      np.zeros(4 * self.num_hiddens, dtype=np.float32))
+        return CellLayers("lstm", np.eye(self.vocab_size, dtype=np.float32), [layer],
+                          _np(self.W_hq), _np(self.b_q))
 
-class TorchRNN(nn.Module):
+
+class TorchRNN(LanguageModel):
     """The book's concise model: one-hot (or a learned embedding) → `torch.nn.RNN`/`GRU`/`LSTM`
     (stacked, with dropout between layers) → dropout → `nn.Linear`."""
 
@@ -178,8 +271,19 @@ class TorchRNN(nn.Module):
         logits = self.linear(self.drop(Y))                                       # (T, B, V)
         return logits, (new if self.cell == "lstm" else (new,))
 
+    def cell_layers(self) -> CellLayers:
+        rnn = self.rnn
+        layers = [Layer(_np(getattr(rnn, f"weight_ih_l{k}").T),
+                        _np(getattr(rnn, f"weight_hh_l{k}").T),
+                        _np(getattr(rnn, f"bias_ih_l{k}")), _np(getattr(rnn, f"bias_hh_l{k}")))
+                  for k in range(rnn.num_layers)]
+        table = (_np(self.embedding.weight) if self.embedding is not None
+                 else np.eye(self.vocab_size, dtype=np.float32))
+        return CellLayers(self.cell, table, layers, _np(self.linear.weight.T),
+                          _np(self.linear.bias))
 
-def build_model(vocab_size: int, config) -> nn.Module:
+
+def build_model(vocab_size: int, config) -> LanguageModel:
     """The model a `TrainConfig` names, initialised from its seed (no global RNG touched)."""
     generator = torch.Generator().manual_seed(config.seed)
     if config.impl == "torch":

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .models import LanguageModel
+
 BUCKETS = 16            # λ per evidence bucket: floor(log2(1 + count of the context)), capped
 FIT_STEPS = 60          # bisection steps: λ to within 2^-60
 KEY_BITS = 62           # n-gram keys are base-V numbers in an int64
@@ -234,35 +236,47 @@ def preceding(ids: np.ndarray, starts: np.ndarray, length: int,
     return torch.from_numpy(out)
 
 
-class NgramMixture(nn.Module):
+class NgramMixture(LanguageModel):
     """The network and a Kneser–Ney model as one model: forward gives log p_mix as logits
     (T, B, V), and the state carries the network's state plus the last ids read (B, order)."""
 
-    def __init__(self, network: nn.Module, ngram: KneserNey, weights: np.ndarray,
+    def __init__(self, network: LanguageModel, ngram: KneserNey, weights: np.ndarray,
                  report: dict | None = None):
         super().__init__()
         self.report = dict(report or {})   # how it scored when fitted (ppl of mixture, parts)
         weights = np.asarray(weights, np.float64)
         if weights.shape != (BUCKETS,) or not ((weights >= 0) & (weights <= 1)).all():
             raise ValueError(f"the mixing weights must be {BUCKETS} numbers in [0, 1]")
-        self.network, self.ngram, self.weights = network, ngram, weights
+        self.net, self.ngram, self.weights = network, ngram, weights
+
+    @property
+    def network(self) -> LanguageModel:
+        return self.net
+
+    @property
+    def mixture(self) -> dict:
+        return {"n": self.ngram.order + 1, **self.report}
 
     def begin_state(self, batch_size: int, device=None) -> tuple:
         history = torch.zeros(batch_size, self.ngram.order, dtype=torch.long, device=device)
-        return (*self.network.begin_state(batch_size, device), history)
+        return (*self.net.begin_state(batch_size, device), history)
 
-    def with_history(self, state: tuple, ids: np.ndarray, starts: np.ndarray,
-                     before: np.ndarray | None = None) -> tuple:
-        """`state` for rows that begin at `starts` in `ids`, the n-gram part having read the
-        ids before each row, `before` those before `ids` (`evaluate` reads held-out text in
+    def prime(self, state: tuple, ids: np.ndarray, starts: np.ndarray,
+              before: np.ndarray | None = None) -> tuple:
+        """The n-gram part reads the ids before each row (`evaluate` reads held-out text in
         rows that start mid-text)."""
         history = preceding(ids, starts, self.ngram.order, before).to(state[-1].device)
         return (*state[:-1], history)
 
     def forward(self, X: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
-        logits, net_state = self.network(X, tuple(state[:-1]))           # (T, B, V)
+        logits, net_state = self.net(X, tuple(state[:-1]))               # (T, B, V)
         mixed, history = self.mix(logits, X, state[-1])
         return mixed, (*net_state, history)
+
+    def trace(self, ids: list[int]) -> dict:
+        traced = self.net.trace(ids)
+        traced["logits"] = self.mix_trace(traced["logits"], ids)
+        return traced
 
     def mix(self, logits: torch.Tensor, X: torch.Tensor, history: torch.Tensor
             ) -> tuple[torch.Tensor, torch.Tensor]:

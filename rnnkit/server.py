@@ -23,15 +23,16 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from . import lab
-from .checkpoint import load_run
 from .errors import RnnkitError
-from .generate import beam_search, generate_ids, prefix_ids
-from .ngram import NgramMixture
+from .generate import Limits, check_sampling
+from .run import Run
 from .streams import Stream, StreamEngine
+from .text import SEPARATOR, tokens_of
 from .webguard import Guard, HostRule, split_host
 
 WEB = Path(__file__).parent / "web"
-MAX_BODY, MAX_TEXT, MAX_CHARS, MAX_SAMPLES, MAX_BEAM = 1 << 20, 100_000, 10_000, 64, 64
+MAX_BODY, MAX_TEXT = 1 << 20, 100_000                  # bytes of a request, characters of a text
+LIMITS = Limits(num_chars=10_000, num_samples=64, beam=64, generated=10_000 * 64)
 
 
 class ApiError(Exception):
@@ -44,30 +45,37 @@ class ApiError(Exception):
 
 @dataclass
 class LabRun:
+    """A run the lab serves (`Run.open`), under its name, with the lab's own state."""
     name: str
-    path: Path
-    model: torch.nn.Module
-    vocab: object
-    config: object
+    run: Run
     engine: "StreamEngine | None" = None
     traces: dict = field(default_factory=dict)        # the last texts' traces (score → units)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
-    def network(self) -> torch.nn.Module:
-        """The recurrent network itself (what `units` shows), without an n-gram mixture."""
-        return self.model.network if isinstance(self.model, NgramMixture) else self.model
+    def model(self):
+        return self.run.model
+
+    @property
+    def vocab(self):
+        return self.run.vocab
+
+    @property
+    def config(self):
+        return self.run.config
+
+    @property
+    def path(self) -> Path:
+        return self.run.out
 
     def trace(self, ids: list[int]) -> dict:
-        """`lab.trace` of these ids, kept for the next request: the page asks for the score
-        and then the units of the same text. A run with an n-gram model scores with the mixture."""
+        """The model's trace of these ids, kept for the next request: the page asks for the
+        score and then the units of the same text. (A mixture scores with the mixture.)"""
         key = tuple(ids)
         with self.lock:
             if key in self.traces:
                 return self.traces[key]
-        traced = lab.trace(self.network, ids)
-        if isinstance(self.model, NgramMixture):
-            traced["logits"] = self.model.mix_trace(traced["logits"], ids)
+        traced = self.model.trace(ids)
         with self.lock:
             while len(self.traces) >= 4:
                 self.traces.pop(next(iter(self.traces)))
@@ -75,7 +83,7 @@ class LabRun:
         return traced
 
     def summary(self) -> dict:
-        c, metrics = self.config, read_metrics(self.path)
+        c, metrics, mixture = self.config, read_metrics(self.path), self.model.mixture
         vals = [m["val_ppl"] for m in metrics if m.get("val_ppl") is not None]
         return {"name": self.name, "cell": c.cell, "impl": c.impl, "hidden": c.hidden,
                 "layers": c.layers, "embed": c.embed, "token": c.token, "vocab": len(self.vocab),
@@ -84,9 +92,8 @@ class LabRun:
                 "train_ppl": metrics[-1]["train_ppl"] if metrics else None,
                 "best_val_ppl": min(vals) if vals else None,
                 "states": list(lab.STATES[c.cell]), "num_layers": c.layers,
-                **({"ngram": self.model.ngram.order + 1,
-                    "ngram_val_ppl": self.model.report.get("val_ppl")}
-                   if self.network is not self.model else {"ngram": None})}
+                "ngram": mixture and mixture["n"],
+                **({"ngram_val_ppl": mixture.get("val_ppl")} if mixture else {})}
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -139,22 +146,21 @@ def sampling_request(obj: dict, run: LabRun) -> dict:
     prefix = obj.get("prefix") or run.config.prefix
     if not isinstance(prefix, str) or len(prefix) > MAX_TEXT:
         raise ApiError(422, f"prefix must be a text of at most {MAX_TEXT:,} characters")
-    ids, unknown = prefix_ids(run.vocab, prefix, run.config.token)
+    ids, unknown = run.run.encode(prefix)
     if not ids:
         raise ApiError(422, "prefix holds no token")
     req = {"prefix": prefix, "ids": ids, "unknown": sorted(set(unknown)),
-           "num_chars": _field(obj, "num_chars", int, 100, 0, MAX_CHARS),
-           "num_samples": _field(obj, "num_samples", int, 1, 1, MAX_SAMPLES),
-           "temperature": _field(obj, "temperature", float, 0.0, 0.0, 100.0),
-           "top_k": _field(obj, "top_k", int, None, 1, 1 << 20),
-           "top_p": _field(obj, "top_p", float, None, 1e-9, 1.0),
-           "seed": _field(obj, "seed", int, None, 0, (1 << 63) - 1),
-           "beam": _field(obj, "beam", int, None, 1, MAX_BEAM)}
-    if req["beam"] is not None and req["num_samples"] > req["beam"]:
-        raise ApiError(422, "num_samples must be at most beam")
-    if req["beam"] is not None and (req["temperature"] or req["top_k"] or req["top_p"]):
-        raise ApiError(422, "beam searches for the likeliest text: it takes no temperature, "
-                            "top_k or top_p")
+           "num_chars": _field(obj, "num_chars", int, 100),
+           "num_samples": _field(obj, "num_samples", int, 1),
+           "temperature": _field(obj, "temperature", float, 0.0),
+           "top_k": _field(obj, "top_k", int, None),
+           "top_p": _field(obj, "top_p", float, None),
+           "seed": _field(obj, "seed", int, None),
+           "beam": _field(obj, "beam", int, None)}
+    try:
+        check_sampling(req, LIMITS)                  # the checks of `rnnkit generate`
+    except ValueError as e:
+        raise ApiError(422, str(e)) from None
     return req
 
 
@@ -170,7 +176,7 @@ def text_request(obj: dict, run: LabRun) -> tuple[str, list[str], list[int]]:
         raise ApiError(413, f"text is {len(text):,} characters; the lab reads at most "
                             f"{MAX_TEXT:,}")
     cleaned = "".join(clean_lines(text, run.config.clean))    # lines joined as the book does
-    tokens = list(cleaned) if run.config.token == "char" else cleaned.split()
+    tokens = tokens_of(cleaned, run.config.token)
     if len(tokens) < 2:
         raise ApiError(422, "text must hold at least two tokens after the run's cleaning "
                             f"(--clean {run.config.clean})")
@@ -224,12 +230,12 @@ def load_runs(run_dirs: list[str | Path]) -> dict[str, LabRun]:
     """Each run directory loaded once (safetensors only), named by its directory's name."""
     runs: dict[str, LabRun] = {}
     for d in run_dirs:
-        path = Path(d)
-        model, vocab, config = load_run(path)
-        name = path.resolve().name or "run"
+        run = Run.open(d)
+        run.model                               # loaded now: a broken run fails at start
+        name = Path(d).resolve().name or "run"
         while name in runs:
             name += "+"
-        runs[name] = LabRun(name, path, model, vocab, config)
+        runs[name] = LabRun(name, run)
     return runs
 
 
@@ -324,26 +330,18 @@ ROUTES = [Route("/", index), Route("/api/runs", list_runs),
 
 
 def _generate(run: LabRun, req: dict) -> list[dict]:
-    """What `rnnkit generate` prints for these arguments (the same functions)."""
-    sep = "" if run.config.token == "char" else " "
-
-    def text(row):
-        return req["prefix"] + ("" if not sep or not row else sep) + \
-            sep.join(run.vocab.to_tokens(row))
-    if req["beam"] is not None:
-        best = beam_search(run.model, req["ids"], req["num_chars"], beam=req["beam"],
-                           num_results=req["num_samples"])
-        return [{"text": text(row), "log_prob": lp} for row, lp in best]
-    out = generate_ids(run.model, req["ids"], req["num_chars"], num_samples=req["num_samples"],
-                       temperature=req["temperature"], top_k=req["top_k"], top_p=req["top_p"],
-                       seed=req["seed"])
-    return [{"text": text(row)} for row in out.tolist()]
+    """What `rnnkit generate` prints for these arguments (the same method, `Run.generate`)."""
+    samples = run.run.generate(req["prefix"], req["num_chars"], num_samples=req["num_samples"],
+                               temperature=req["temperature"], top_k=req["top_k"],
+                               top_p=req["top_p"], seed=req["seed"], beam=req["beam"])
+    return [{"text": text, **({} if logp is None else {"log_prob": logp})}
+            for text, logp in samples]
 
 
 async def _events(run: LabRun, req: dict):
     """Server-sent events: `chunk` {sample, text} as characters come, then `done`."""
     loop, queue = asyncio.get_running_loop(), asyncio.Queue()
-    sep = "" if run.config.token == "char" else " "
+    sep = SEPARATOR[run.config.token]
     if run.engine is None:
         run.engine = StreamEngine(run.model)
     generator = (torch.Generator().manual_seed(req["seed"]) if req["seed"] is not None
@@ -388,13 +386,7 @@ def _event(kind: str, data: dict) -> str:
 
 def _validation_text(run: LabRun, chars: int) -> str:
     """The first `chars` tokens of the run's validation slice, as text."""
-    from .data import corpus_path, load_corpus, split_corpus
-    ids, _ = load_corpus(corpus_path(run.config), run.config.clean, run.config.token,
-                         vocab=run.vocab)
-    val = split_corpus(ids, run.config.val_fraction, run.config.max_tokens,
-                       run.config.test_fraction)[1]
-    sep = "" if run.config.token == "char" else " "
-    return sep.join(run.vocab.to_tokens([int(i) for i in val[:chars]]))
+    return run.run.decode(run.run.slices["val"][:chars])
 
 
 def serve(run_dirs: list[str], host: str = "127.0.0.1", port: int = 8000, *,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .generate import pick_next, stepper
+from .generate import pick_next
 
 FLUSH = 0.03                    # seconds between two chunks of one stream
 BACKLOG = 8                     # chunks a client may leave unread before its stream pauses
@@ -104,7 +104,7 @@ class StreamEngine:
 
     def _admit(self, stream: Stream) -> None:
         while len(self.free) < stream.samples:
-            self.blocks.append(stepper(self.model, self.BLOCK))
+            self.blocks.append(self.model.stepper(self.BLOCK))
             self.inputs.append(torch.zeros(self.BLOCK, dtype=torch.long))
             self.free += [(len(self.blocks) - 1, s) for s in range(self.BLOCK)]
         stream.rows, self.free = self.free[:stream.samples], self.free[stream.samples:]

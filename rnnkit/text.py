@@ -41,6 +41,26 @@ def tokenize(lines: Sequence[str], token: str = "word") -> list[list[str]]:
     raise ValueError(f"unknown token type {token!r}; choose one of {', '.join(TOKEN_MODES)}")
 
 
+SEPARATOR = {"char": "", "word": " "}   # what joins two tokens back into text
+
+
+def tokens_of(text: str, token: str) -> list[str]:
+    """One text's tokens, as `tokenize` reads a line: characters, or whitespace-split words."""
+    return list(text) if token == "char" else text.split()
+
+
+def detokenize(tokens: Iterable[str], token: str) -> str:
+    """Tokens back to text: characters joined as they are, words with a space between."""
+    return SEPARATOR[token].join(tokens)
+
+
+def extend(prefix: str, tokens: Sequence[str], token: str) -> str:
+    """A prefix and the tokens generated after it, as one text."""
+    if not tokens:
+        return prefix
+    return prefix + SEPARATOR[token] + detokenize(tokens, token)
+
+
 def count_corpus(tokens: Sequence) -> collections.Counter:
     """Token counts of a flat token list or a list of token lists (insertion order = first seen)."""
     if len(tokens) == 0 or isinstance(tokens[0], list):
@@ -114,11 +134,6 @@ class Vocab:
         vocab.token_to_idx = {t: i for i, t in enumerate(itos)}
         vocab._token_freqs = [(t, n) for t, n in freqs]
         return vocab
-
-
-def encode(tokens: Iterable[list[str]], vocab: Vocab) -> list[int]:
-    """Flatten per-line token lists into one id list (the book's `corpus`)."""
-    return [vocab[tok] for line in tokens for tok in line]
 
 
 def text_to_ids(text: str, clean: str = "d2l", token: str = "char", min_freq: int = 0,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -66,51 +66,60 @@ class Autocast:
         return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
 
 
+def train_step(model: nn.Module, X: torch.Tensor, Y: torch.Tensor, state: tuple | None,
+               optimizer: torch.optim.Optimizer, *, clip: float, carry_state: bool,
+               device: torch.device | str = "cpu", amp: Autocast | None = None,
+               max_loss: float = math.inf) -> tuple[float, tuple]:
+    """One optimizer step on the minibatch X, Y (B, T): forward, loss, backward, clip, update.
+    Returns (the batch's mean loss, the state after it).
+
+    With sequential batches (`carry_state`) the state of the previous batch goes on, detached;
+    otherwise (or with no state yet) it starts from zero. A loss that is not finite or exceeds
+    `max_loss` raises `Diverged` before the update, so the weights stay good."""
+    X, Y = X.to(device), Y.to(device)
+    if state is None or not carry_state:
+        state = getattr(model, "module", model).begin_state(X.shape[0], device)  # DDP too
+    else:
+        state = detach_state(state)
+    with amp.context() if amp else contextlib.nullcontext():
+        logits, state = model(X, state)                                 # (T, B, V)
+        loss = sequence_loss(logits.float(), Y)
+    value = float(loss.detach())
+    if not math.isfinite(value) or value > max_loss:
+        raise Diverged(f"the loss became {value:.4g}")
+    optimizer.zero_grad(set_to_none=True)
+    scaler = amp.scaler if amp else None
+    if scaler is None:
+        loss.backward()
+        if clip > 0:
+            clip_gradients(model.parameters(), clip)
+        optimizer.step()
+    else:  # fp16: scale the loss up, unscale before clipping, skip steps that overflowed
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        if clip > 0:
+            clip_gradients(model.parameters(), clip)
+        scaler.step(optimizer)
+        scaler.update()
+    return value, state
+
+
 def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer, *,
                 clip: float, carry_state: bool, device: torch.device | str = "cpu",
-                state: tuple | None = None, on_batch: Callable | None = None,
-                amp: Autocast | None = None, max_loss: float = math.inf
-                ) -> tuple[float, int, float]:
-    """One pass over `batches`; returns (summed loss, tokens, seconds).
-
-    With sequential batches (`carry_state`), the state is initialised once per epoch and
-    detached between batches; with random batches it is initialised for every batch.
-    `on_batch(i, state, loss_sum, tokens)` runs after each update (progress, checkpoints,
-    learning-rate schedule); when it returns True the epoch ends early (a time budget).
-    A batch loss that is not finite or exceeds `max_loss` raises `Diverged` before the update.
-    """
-    loss_sum, tokens, start = 0.0, 0, time.perf_counter()
+                amp: Autocast | None = None) -> tuple[float, int, float]:
+    """One pass over `batches` (`train_step` each); returns (summed loss, tokens, seconds).
+    With sequential batches the state is initialised once per epoch and detached between
+    batches; with random batches it is initialised for every batch (the book's handling)."""
+    loss_sum, tokens, start, state = 0.0, 0, time.perf_counter(), None
     model.train()
     for i, (X, Y) in enumerate(batches):
-        X, Y = X.to(device), Y.to(device)
-        if state is None or not carry_state:
-            state = getattr(model, "module", model).begin_state(X.shape[0], device)  # DDP too
-        else:
-            state = detach_state(state)
-        with amp.context() if amp else contextlib.nullcontext():
-            logits, state = model(X, state)                             # (T, B, V)
-            loss = sequence_loss(logits.float(), Y)
-        value = float(loss.detach())
-        if not math.isfinite(value) or value > max_loss:  # stop before the update: the
-            raise Diverged(f"the loss became {value:.4g} at batch {i + 1}")  # weights stay good
-        optimizer.zero_grad(set_to_none=True)
-        scaler = amp.scaler if amp else None
-        if scaler is None:
-            loss.backward()
-            if clip > 0:
-                clip_gradients(model.parameters(), clip)
-            optimizer.step()
-        else:  # fp16: scale the loss up, unscale before clipping, skip steps that overflowed
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            if clip > 0:
-                clip_gradients(model.parameters(), clip)
-            scaler.step(optimizer)
-            scaler.update()
-        loss_sum += value * Y.numel()
+        try:
+            loss, state = train_step(model, X, Y, state, optimizer, clip=clip,
+                                     carry_state=carry_state, device=device, amp=amp)
+        except Diverged as e:
+            raise Diverged(f"{e} at batch {i + 1}") from None
+        loss_sum += loss * Y.numel()
         tokens += Y.numel()
-        if on_batch is not None and on_batch(i, state, loss_sum, tokens):
-            break
     return loss_sum, tokens, time.perf_counter() - start
 
 
@@ -165,9 +174,8 @@ def held_out_logits(model: nn.Module, ids: np.ndarray, *, batch_size: int, num_s
     batches = held_out_batches(ids, batch_size, num_steps)
     was_training = model.training
     model.eval()
-    state = model.begin_state(batches.starts.shape[1], device)
-    if hasattr(model, "with_history"):   # an n-gram mixture reads the ids before each row
-        state = model.with_history(state, batches.corpus, batches.starts[0], before)
+    state = model.prime(model.begin_state(batches.starts.shape[1], device), batches.corpus,
+                        batches.starts[0], before)
     try:
         for X, Y in batches:
             logits, state = model(X.to(device), state)                  # (T, rows, V)

@@ -2,7 +2,7 @@ import torch
 
 from rnnkit import d2l
 from rnnkit.data import load_corpus
-from rnnkit.generate import _ModelStepper, generate_ids, generate_with, pick_next, predict
+from rnnkit.generate import ModelStepper, generate_ids, generate_with, pick_next, predict
 from rnnkit.models import RNNScratch
 
 
@@ -41,7 +41,7 @@ def test_fast_path_equals_the_books_loop():
     assert d2l.predict_ch8("time traveller", 60, net, vocab, "cpu") == fast
     assert d2l.predict_ch8_loop("time traveller", 60, net, vocab, "cpu") == fast  # autograd on
     assert predict(m, vocab, "time traveller", 60) == fast
-    slow = generate_with(_ModelStepper(m, 1, "cpu"), vocab[list("time traveller")], 60)
+    slow = generate_with(ModelStepper(m, 1, "cpu"), vocab[list("time traveller")], 60)
     assert "time traveller" + "".join(vocab.to_tokens(slow[0].tolist())) == fast
 
 

@@ -144,13 +144,12 @@ def test_streams_are_independent_of_whoever_else_is_connected(server):
 def test_a_fixed_size_block_computes_each_row_independently(which, runs):
     """What StreamEngine relies on: in a BLOCK-row step of rnnkit's stepper (the from-scratch
     RNN's and torch's 2-layer LSTM's), a row's logits and state ignore the other rows."""
-    from rnnkit.generate import stepper
     model = load_run(runs[which])[0]
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 20, (6,), generator=g)             # the row's own inputs, in order
     outs = []
     for position in range(0, StreamEngine.BLOCK, 5):
-        step = stepper(model, StreamEngine.BLOCK)
+        step = model.stepper(StreamEngine.BLOCK)
         with torch.inference_mode():
             for t in range(len(ids)):
                 batch = torch.randint(0, 20, (StreamEngine.BLOCK,), generator=g)

@@ -44,8 +44,10 @@ class LearningRate:
 
 
 class Stopping:
-    """When a run stops early. Signals only set a flag here: the loop stops at the next batch
-    boundary, after a checkpoint, with every rank agreeing (see `Team.agree`)."""
+    """When a run stops early, and why: "signal" (SIGINT/SIGTERM), "time" (--time-budget) or
+    "patience" (--patience); divergence raises from the step itself (`max_loss`). Signals only
+    set a flag here: the loop stops at the next batch boundary, after a checkpoint, with every
+    rank agreeing (see `Team.agree`)."""
 
     def __init__(self, config: TrainConfig, vocab_size: int):
         self.config = config
@@ -66,15 +68,26 @@ class Stopping:
     def _on_signal(self, signum, frame) -> None:
         self.signum = signum
 
-    @property
-    def signalled(self) -> bool:
-        return self.signum is not None
+    def after_step(self, state: RunState, team, cadence: "CheckpointCadence"
+                   ) -> tuple[str | None, bool]:
+        """(why the run stops after this step, or None; whether a checkpoint is due), agreed
+        by every rank."""
+        signalled, out_of_time, due = team.agree(self.signum is not None,
+                                                 self._out_of_time(state), cadence.due())
+        return ("signal" if signalled else "time" if out_of_time else None), due
 
-    def out_of_time(self, state: RunState) -> bool:
+    def after_epoch(self, state: RunState, team, stop: str | None) -> str | None:
+        """Why the run stops at the end of this epoch (`stop`: why its batches stopped)."""
+        (signalled,) = team.agree(self.signum is not None)
+        if signalled:
+            return "signal"
+        if stop is None and self.config.patience and \
+                state.epochs_since_best >= self.config.patience:
+            return "patience"
+        return stop
+
+    def _out_of_time(self, state: RunState) -> bool:
         return bool(self.config.time_budget) and state.train_seconds >= self.config.time_budget
-
-    def out_of_patience(self, state: RunState) -> bool:
-        return bool(self.config.patience) and state.epochs_since_best >= self.config.patience
 
 
 class CheckpointCadence:

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from ..config import STDIN
 from ..encode import count_characters
-from .setup import Run, seconds_per_epoch
+from .setup import Training
 
 
 def plot_perplexity(path: Path, metrics: list[dict]) -> None:
@@ -106,8 +106,9 @@ class Reporter:
             print(s, file=self.stdout)
 
 
-def describe(run: Run) -> list[str]:
-    """The first lines of a run: what it will train on, what, where and for how long."""
+def describe(run: Training, seconds_per_epoch: float) -> list[str]:
+    """The first lines of a run: what it will train on, what, where and for how long
+    (`seconds_per_epoch`: measured by `setup.seconds_per_epoch`)."""
     c, vocab = run.config, run.vocab
     if c.corpus is None:
         corpus = "The Time Machine (bundled with rnnkit)"
@@ -127,7 +128,7 @@ def describe(run: Run) -> list[str]:
     until = f"{c.epochs} epoch{'s' if c.epochs != 1 else ''}" + (f" or {c.time_budget:g} s" if c.time_budget else "") + \
         (f", early stop after {c.patience} without a better validation" if c.patience else "")
     return [
-        f"corpus      {corpus}: {run.corpus_tokens:,} {c.token} tokens after --clean "
+        f"corpus      {corpus}: {len(run.slices.ids):,} {c.token} tokens after --clean "
         f"{c.clean}, vocabulary {len(vocab):,}",
         f"slices      train {len(run.train_ids):,}{capped} · validation {len(run.val_ids):,} · "
         f"test {len(run.test_ids):,} tokens",
@@ -135,7 +136,7 @@ def describe(run: Run) -> list[str]:
         f"device      {run.team.device}, {c.precision}" + (
             f", {run.team.world} processes" if run.team.world > 1 else ""),
         f"training    {until}; {batches:,} batches of {c.batch_size} x {c.num_steps} an "
-        f"epoch, ≈ {seconds_per_epoch(run):.2f} s an epoch (2 batches timed)",
+        f"epoch, ≈ {seconds_per_epoch:.2f} s an epoch (2 batches timed)",
         f"samples     from {c.prefix!r}" + (f" every {c.sample_every} epochs"
                                             if c.sample_every else " at the end") +
         f"; the run ends on its {c.end_on} weights",

@@ -17,7 +17,7 @@ import torch
 from .. import checkpoint as ckpt
 from ..errors import RnnkitError, UsageError
 from ..files import Busy, FileLock, fsync_dir, private_to_shared
-from .setup import Run
+from .setup import Training
 from .state import RunState, save_state
 
 
@@ -53,14 +53,16 @@ class RunDirectory:
                              owner=f"pid {os.getpid()}")
         self.staging: Path | None = None
 
-    def claim(self) -> None:
-        """Lock the run directory for this process, or refuse naming the process that has it."""
+    def claim(self, *, resume: bool, force: bool) -> None:
+        """Lock the run directory for this process, or refuse naming the process that has it;
+        then check it again (`check_out_dir`), now that no other process can change it."""
         self.out.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.lock.acquire(wait=False)
         except Busy as e:
             raise RnnkitError(f"{self.out} is in use by another rnnkit train ({e.owner}); wait "
                               "for it to finish or stop it first") from None
+        check_out_dir(self.out, resume=resume, force=force)
 
     def stage(self) -> Path:
         """A fresh directory next to the run where a new run is built (stale ones removed:
@@ -95,7 +97,7 @@ class Checkpointer:
     """Writes a run's checkpoints into `out`. Every rank calls at the same batch (the carried
     state of all rows is gathered); only rank 0 writes."""
 
-    def __init__(self, out: Path, run: Run, *, has_checkpoint: bool):
+    def __init__(self, out: Path, run: Training, *, has_checkpoint: bool):
         self.out, self.run, self.has_checkpoint = out, run, has_checkpoint
 
     def save(self, state: RunState) -> None:

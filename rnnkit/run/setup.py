@@ -1,5 +1,5 @@
-"""Setting up a run: corpus → vocabulary → splits → model → optimizer, every size checked
-before anything is allocated or written. Fresh runs and resumed ones share it.
+"""Setting up a run's training: corpus → vocabulary → slices → model → optimizer, every size
+checked before anything is allocated or written. Fresh runs and resumed ones share it.
 """
 from __future__ import annotations
 
@@ -14,28 +14,38 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
-from ..data import SAMPLERS, corpus_path, load_corpus, min_tokens_for_batch, split_corpus
+from ..data import SAMPLERS, Slices, min_tokens_for_batch, read_slices
 from ..distributed import Team
 from ..errors import Diverged, RnnkitError, UsageError
-from ..models import build_model, check_size
+from ..models import LanguageModel, build_model, check_size
 from ..text import Vocab
 from ..train import Autocast, eval_rows, make_optimizer, train_epoch
+from .settings import check_processes
 
 
 @dataclass
-class Run:
-    """Everything a run trains with; built once by `setup_run`."""
-    config: TrainConfig
+class Training:
+    """Everything a run trains with; built once by `setup_training`."""
+    config: TrainConfig              # resolved for this corpus (what config.json holds)
     vocab: Vocab
-    train_ids: np.ndarray            # (N_train,) token ids the model learns from
-    val_ids: np.ndarray              # (N_val,) held out: perplexity after every epoch
-    test_ids: np.ndarray             # (N_test,) held out: perplexity at the end only
-    model: nn.Module                 # the model itself (what checkpoints hold)
+    slices: Slices                   # train (the model learns from), val (every epoch), test
+    model: LanguageModel             # the model itself (what checkpoints hold)
     net: nn.Module                   # what trains: the model, or DDP around it
     optimizer: torch.optim.Optimizer
     amp: Autocast                    # bf16 / fp16 autocast where the config asks for it
     team: Team                       # this process's place among the ranks
-    corpus_tokens: int = 0           # tokens in the whole corpus (train + val + test + unused)
+
+    @property
+    def train_ids(self) -> np.ndarray:
+        return self.slices["train"]
+
+    @property
+    def val_ids(self) -> np.ndarray:
+        return self.slices["val"]
+
+    @property
+    def test_ids(self) -> np.ndarray:
+        return self.slices["test"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -56,18 +66,15 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def corpus_slices(config: TrainConfig, vocab: Vocab | None = None
-                  ) -> tuple[Vocab, np.ndarray, np.ndarray, np.ndarray, int]:
-    """(vocab, train, val, test, corpus tokens) of the config's corpus, refusing slices too
-    short to use.
-    With `vocab` (a resumed run), the corpus must still give exactly that vocabulary."""
-    ids, corpus_vocab = load_corpus(corpus_path(config), config.clean, config.token,
-                                    config.min_freq)
+def training_slices(config: TrainConfig, vocab: Vocab | None = None) -> tuple[Vocab, Slices]:
+    """The config's corpus, its vocabulary and slices (`data.read_slices`), refusing slices too
+    short to train or validate on. With `vocab` (a resumed run), the corpus must still give
+    exactly that vocabulary."""
+    corpus_vocab, slices = read_slices(config)
     if vocab is not None and vocab.idx_to_token != corpus_vocab.idx_to_token:
         raise RnnkitError(f"{config.corpus} changed since the run started (its vocabulary "
                           "differs); restore the file or start a new run")
-    max_tokens = config.resolved("").max_tokens          # the book's 10,000 unless given
-    train, val, test = split_corpus(ids, config.val_fraction, max_tokens, config.test_fraction)
+    train, val = slices["train"], slices["val"]
     need = min_tokens_for_batch(config.batch_size, config.num_steps, config.sampling)
     if len(train) < need:
         raise RnnkitError(f"the training slice has {len(train)} tokens; one batch of "
@@ -76,7 +83,7 @@ def corpus_slices(config: TrainConfig, vocab: Vocab | None = None
     if config.val_fraction > 0 and eval_rows(len(val), config.batch_size, config.num_steps) < 1:
         raise RnnkitError(f"the validation slice has {len(val)} tokens, no full sequence of "
                           f"{config.num_steps} steps; raise --val-fraction or lower --num-steps")
-    return corpus_vocab, train, val, test, len(ids)
+    return corpus_vocab, slices
 
 
 def default_prefix(train_ids: np.ndarray, vocab: Vocab, token: str) -> str:
@@ -93,23 +100,21 @@ def default_prefix(train_ids: np.ndarray, vocab: Vocab, token: str) -> str:
     return text or tokens[0]
 
 
-def setup_run(config: TrainConfig, team: Team, vocab: Vocab | None = None) -> Run:
+def setup_training(config: TrainConfig, team: Team, vocab: Vocab | None = None) -> Training:
     """Corpus, model and optimizer for `config` on this rank's device (weights as initialised).
     The run's config is `config` with its automatic settings resolved for this corpus."""
-    if config.batch_size % team.world:
-        raise UsageError(f"--batch-size {config.batch_size} does not split evenly over "
-                         f"{team.world} processes")
-    vocab, train, val, test, corpus_tokens = corpus_slices(config, vocab)
-    config = config.resolved(default_prefix(train, vocab, config.token))
+    check_processes(config.batch_size, team.world)
+    vocab, slices = training_slices(config, vocab)
+    config = config.resolved(default_prefix(slices["train"], vocab, config.token))
     check_size(len(vocab), config)
     model = build_model(len(vocab), config).to(team.device)
     optimizer = make_optimizer(model.parameters(), config.optimizer, config.lr,
                                config.weight_decay)
-    return Run(config, vocab, train, val, test, model, team.wrap(model), optimizer,
-               Autocast.for_config(config, team.device), team, corpus_tokens)
+    return Training(config, vocab, slices, model, team.wrap(model), optimizer,
+                    Autocast.for_config(config, team.device), team)
 
 
-def seconds_per_epoch(run: Run) -> float:
+def seconds_per_epoch(run: Training) -> float:
     """What one epoch should take: two batches timed after one warm-up, on a copy of the model
     and optimizer with the RNG forked, so the run itself is untouched."""
     c, device = run.config, run.team.device

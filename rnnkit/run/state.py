@@ -12,11 +12,6 @@ import torch
 from .. import checkpoint as ckpt
 from ..errors import RnnkitError
 
-# The names the first release wrote, read so that its runs still resume.
-_LEGACY_NAMES = {"step": "steps", "spent": "train_seconds", "best": "best_val_ppl",
-                 "bad": "epochs_since_best", "scale": "lr_scale", "loss_sum": "epoch_loss",
-                 "tokens": "epoch_tokens", "seconds": "epoch_seconds"}
-
 
 @dataclass
 class RunState:
@@ -66,7 +61,6 @@ def load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
     ckpt.load_weights_into(model, weights, path)
     if not isinstance(info, dict):
         raise RnnkitError(f"{path} holds no training state to resume from")
-    info = {_LEGACY_NAMES.get(k, k): v for k, v in info.items()}
     values = {}
     for name, f in _SCALARS.items():
         if name not in info:

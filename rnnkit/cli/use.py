@@ -1,0 +1,104 @@
+"""`rnnkit generate` and `rnnkit eval`: a trained run (`Run.open`) writes text or is scored."""
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+
+from ..errors import RnnkitError, UsageError
+from ..generate import Limits
+from .args import check_text, choice, choices, weights_flag
+
+# what one `rnnkit generate` may ask for: 128 MB of ids at most
+LIMITS = Limits(num_chars=1_000_000, num_samples=4096, beam=1024, generated=1 << 24)
+SPLITS = ("train", "val", "test")
+
+
+def add_parsers(sub) -> None:
+    s = sub.add_parser("generate", help="print a prefix and what the model writes after it",
+                       epilog="example: rnnkit generate runs/latest --prefix 'the time' "
+                              "--num-chars 200 --temperature 0.8 --seed 1")
+    s.add_argument("run_dir", help="a directory made by 'rnnkit train'")
+    s.add_argument("--prefix", help="text to warm up on (default: the run's prefix)")
+    s.add_argument("--num-chars", type=int, default=50, help="tokens to generate (default: 50)")
+    s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    s.add_argument("--top-k", type=int, help="sample among the k likeliest, e.g. 5")
+    s.add_argument("--top-p", type=float, help="nucleus sampling mass, e.g. 0.9")
+    s.add_argument("--seed", type=int, help="seed for sampling")
+    s.add_argument("--num-samples", type=int, default=1,
+                   help="samples, made in one batch (with --beam: the K best, K <= N)")
+    s.add_argument("--beam", type=int, help="beam search with N continuations, e.g. 8")
+    s.add_argument("--length-penalty", type=float, default=0.0,
+                   help="with --beam: rank by log P / length^alpha, e.g. 0.75 (default: 0)")
+    s.add_argument("--stop-at", help="with --beam: a continuation ends at this character")
+    weights_flag(s)
+    s.set_defaults(func=cmd_generate)
+
+    e = sub.add_parser("eval", help="perplexity and bits per character of a trained run",
+                       epilog="example: rnnkit eval runs/latest --corpus other.txt")
+    e.add_argument("run_dir", help="a directory made by 'rnnkit train'")
+    e.add_argument("--corpus", help="text to score (default: the run's validation slice)")
+    e.add_argument("--split", default="val", type=choice(SPLITS), metavar=choices(SPLITS),
+                   help="which slice of the run's corpus to score (default: val)")
+    weights_flag(e)
+    e.set_defaults(func=cmd_eval)
+
+
+def _open(args):
+    from ..run import Run
+    return Run.open(args.run_dir, weights=args.weights, ngram=args.ngram)
+
+
+def cmd_generate(args) -> int:
+    from ..generate import check_sampling
+    if args.prefix is not None:
+        check_text(args.prefix, "--prefix")
+    if args.stop_at is not None:
+        check_text(args.stop_at, "--stop-at")
+    try:
+        check_sampling(vars(args), LIMITS, lambda name: "--" + name.replace("_", "-"))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    run = _open(args)
+    prefix = run.config.prefix if args.prefix is None else args.prefix
+    ids, unknown = run.encode(prefix)
+    if not ids:
+        raise UsageError("--prefix holds no token")
+    if unknown:
+        print(f"rnnkit: warning: {len(unknown)} prefix token(s) not in the vocabulary "
+              f"({''.join(sorted(set(unknown)))[:40]!r}) read as <unk>", file=sys.stderr)
+    try:
+        samples = run.generate(prefix, args.num_chars, num_samples=args.num_samples,
+                               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                               seed=args.seed, beam=args.beam,
+                               length_penalty=args.length_penalty, stop_at=args.stop_at)
+    except ValueError:                  # the stop token is not one token of the vocabulary
+        raise UsageError("--stop-at must be one token of the run's vocabulary") from None
+    for text, logp in samples:
+        print(text if logp is None or args.num_samples == 1 else f"{logp:.4f}\t{text}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    run = _open(args)
+    if args.corpus:
+        from ..data import load_corpus
+        ids, _ = load_corpus(args.corpus, run.config.clean, run.config.token, vocab=run.vocab)
+        where = args.corpus
+    else:
+        ids, where = run.slices[args.split], f"the {args.split} slice"
+    unk = int(np.count_nonzero(ids == run.vocab.unk))
+    if unk:
+        print(f"rnnkit: warning: {unk} token(s) are not in the run's vocabulary and score as "
+              "<unk>", file=sys.stderr)
+    try:
+        loss, tokens = run.evaluate(args.split, ids=ids if args.corpus else None)
+    except ValueError as e:
+        raise RnnkitError(f"{where}: {e}; give a longer text") from None
+    mixed = run.model.mixture
+    print(f"perplexity {math.exp(loss / tokens):.3f}, {loss / tokens / math.log(2):.4f} bits "
+          f"per {run.config.token} on {where} ({tokens:,} tokens)" + (
+              f"; the network with its {mixed['n']}-gram model mixed in (--no-ngram: the "
+              "network alone)" if mixed else ""))
+    return 0
