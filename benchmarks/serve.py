@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -23,7 +21,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from test_lab import start_lab  # noqa: E402
+from test_lab import lab_over_chapter  # noqa: E402
 
 
 def stream_chars(url: str, num_chars: int, seed: int, first: list | None = None) -> int:
@@ -43,20 +41,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", help="a chapter run (default: train one here, 100 epochs)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        run = args.run or str(Path(tmp) / "chapter")
-        if not args.run:
-            subprocess.run([sys.executable, "-m", "rnnkit", "train", "--epochs", "100",
-                            "--sample-every", "0", "--json", "--out", run], check=True,
-                           capture_output=True)
-        with open(Path(tmp) / "server.log", "w") as server_log:     # read by nobody: a file
-            proc, url = start_lab(run, stderr=server_log)
-        name = Path(run).name
-        try:
-            result = measure(f"{url}/api/runs/{name}")
-        finally:
-            proc.terminate()
-            proc.wait()
+    with lab_over_chapter(args.run, epochs=100) as (_, url, run):
+        result = measure(f"{url}/api/runs/{run.name}")
     print(f"{'what':44s} {'figure':>14s}")
     print(f"{'score + units, 10,000 characters':44s} {result['score_units_ms']:11.0f} ms")
     print(f"{'  score alone / units after it':44s} {result['score_ms']:6.0f} / "

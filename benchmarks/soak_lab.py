@@ -14,12 +14,9 @@ import argparse
 import collections
 import json
 import random
-import signal
 import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -28,7 +25,7 @@ from urllib.parse import urlsplit
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from test_lab import start_lab  # noqa: E402
+from test_lab import lab_over_chapter  # noqa: E402
 
 # what a client does next, and how often
 ACTIONS = {"generate": 15, "stream": 25, "stream-dropped": 15, "stream-unread": 10,
@@ -169,19 +166,8 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=32, help="concurrent clients (default 32)")
     ap.add_argument("--run", help="a run to serve (default: the chapter's model, 20 epochs)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        run = args.run or str(Path(tmp) / "chapter")
-        if not args.run:
-            subprocess.run([sys.executable, "-m", "rnnkit", "train", "--epochs", "20",
-                            "--sample-every", "0", "--json", "--out", run], check=True,
-                           capture_output=True)
-        with open(Path(tmp) / "server.log", "w") as server_log:     # read by nobody: a file
-            proc, url = start_lab(run, stderr=server_log)
-        try:
-            result = soak(url, proc.pid, Path(run).name, args.seconds, args.clients)
-        finally:
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=30)
+    with lab_over_chapter(args.run, epochs=20) as (proc, url, run):
+        result = soak(url, proc.pid, run.name, args.seconds, args.clients)
     f = result["server"]
     print(f"{args.clients} clients for {args.seconds:.0f} s: {result['requests']:,} requests "
           f"served ({', '.join(f'{k} {v:,}' for k, v in sorted(result['served'].items()))})")

@@ -1,9 +1,10 @@
 """rnnkit: the char-level RNN language model of *Dive into Deep Learning*, as real software.
 
 Data flows text → vocab → batches → model → loss → update → samples through the modules
-`text`, `encode` (files → cached ids), `data`, `models` (+ `bptt`), `train`, `generate`;
-`checkpoint`, `run/` and `cli` make runs of them, `export`, `lab` + `server` serve them, and
-`d2l` keeps the book's names.
+`text`, `encode` (files → cached ids), `data`, `models` (+ `bptt`, `ngram`), `train`,
+`generate` (+ `sampling`); `checkpoint`, `run/` (`Run`) and `cli/` make runs of them, `export`,
+`lab` + `server` (+ `labrequests`, `webguard`, `streams`) serve them, and `d2l` keeps the
+book's names.
 Names are imported on first use, so `rnnkit prepare` and `rnnkit vocab` start without torch.
 """
 import importlib
@@ -17,7 +18,7 @@ _EXPORTS = {
     "perplexity": "train", "clip_gradients": "train", "train_epoch": "train",
     "evaluate": "train", "predict": "generate", "generate_ids": "generate",
     "prepare": "encode", "load_run": "checkpoint", "beam_search": "generate",
-    "train_run": "run", "export_onnx": "export",
+    "train_run": "run", "Run": "run", "export_onnx": "export", "LanguageModel": "models",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -14,7 +14,6 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .config import STDIN
 from .encode import ids_dtype, prepare, read_corpus, stdin_copy  # noqa: F401 (read_corpus: API)
@@ -162,10 +161,11 @@ class Batches:
 
     def iter_from(self, first: int):
         """Batches `first`, `first + 1`, … (to resume an epoch part-way)."""
+        import torch          # here, not at the top: `rnnkit vocab` and `prepare` need no torch
         steps = np.arange(self.num_steps)
         for row_starts in self.starts[first:]:
             idx = row_starts[:, None] + steps                           # (B, T)
-            x = torch.from_numpy(np.asarray(self.corpus[idx], dtype=np.int64))
+            x = torch.from_numpy(np.asarray(self.corpus[idx], dtype=np.int64))   # (B, T)
             y = torch.from_numpy(np.asarray(self.corpus[idx + 1], dtype=np.int64))
             yield x, y
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 
 import numpy as np
+from .generate import rnn_step_numpy
 from .models import CellLayers
 
 FEATURES = ("inside quotes", "inside parentheses", "position in line", "start of a word",
@@ -38,11 +39,10 @@ def trace(view: CellLayers, ids: list[int]) -> dict:
         if cell == "rnn":
             gx += layer.b_h                                               # both biases, once
         for t in range(len(ids)):
-            np.dot(h, layer.W_h, out=gh)
             if cell == "rnn":                                             # in place: no allocation
-                np.add(gx[t], gh, out=gh)
-                h = np.tanh(gh, out=out["h"][t])
+                h = rnn_step_numpy(h, layer.W_h, gx[t], gh, out=out["h"][t])
                 continue
+            np.dot(h, layer.W_h, out=gh)
             gh += layer.b_h
             if cell == "gru":
                 r = _sigmoid(gx[t, :H] + gh[:H])

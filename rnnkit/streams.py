@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -23,7 +24,7 @@ class Stream:
     samples: int
     sampling: dict                          # temperature, top_k, top_p (as `pick_next` takes)
     generator: torch.Generator | None
-    emit: object                # emit([[id per sample], ...]); emit(None): done; emit(str): failed
+    emit: Callable[[object], None]  # emit([[id per sample], ...]); None: done; a str: failed
     rows: list[tuple[int, int]] = field(default_factory=list)   # (block, slot) of each sample
     read: int = 0                           # prefix tokens read so far
     made: int = 0                           # tokens made so far
@@ -137,7 +138,7 @@ class StreamEngine:
                 if not stream.cancelled:
                     stream.send(None)
 
-    def _advance(self, stream: Stream, logits: list[torch.Tensor]) -> None:
+    def _advance(self, stream: Stream, logits: torch.Tensor) -> None:
         if stream.read + 1 < len(stream.prefix):        # warm-up: read the next prefix token
             stream.read += 1
             for b, s in stream.rows:

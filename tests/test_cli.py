@@ -89,3 +89,21 @@ def test_every_model_type_trains_and_generates(cell, impl, extra, tmp_path, caps
                  "--out", str(out)]) == 0
     assert main(["generate", str(out), "--num-chars", "5"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].startswith("time traveller")
+
+
+def test_vocab_and_prepare_start_without_torch(tmp_path):
+    """What the package docstring promises: the corpus commands never import torch."""
+    import os
+    import subprocess
+    import sys
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello world\n" * 50)
+    code = ("import sys, io, contextlib\nfrom rnnkit.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            f"    assert main(['vocab']) == 0\n"
+            f"    assert main(['prepare', '--corpus', {str(corpus)!r}]) == 0\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "RNNKIT_CACHE": str(tmp_path / "cache")})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

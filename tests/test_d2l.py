@@ -50,7 +50,11 @@ def test_book_names_have_the_books_shapes_and_types():
     logits, state = net(X, net.begin_state(32, "cpu"))
     assert logits.shape == (35 * 32, 28) and isinstance(state, tuple)
     assert [tuple(p.shape) for p in net.params] == [(28, 16), (16, 16), (16,), (16, 28), (28,)]
-    assert d2l.try_gpu() == torch.device("cpu") or torch.cuda.is_available()
+    gpus = torch.cuda.device_count()         # the book's rule on any machine, GPUs or none
+    assert d2l.try_gpu() == (torch.device("cuda:0") if gpus else torch.device("cpu"))
+    assert d2l.try_gpu(gpus) == torch.device("cpu")              # one past the last GPU
+    assert d2l.try_all_gpus() == ([torch.device(f"cuda:{i}") for i in range(gpus)]
+                                  or [torch.device("cpu")])
 
 
 def test_d2l_grad_clipping_and_sgd_follow_the_book():

@@ -1,13 +1,16 @@
 """`rnnkit serve` over real HTTP: every endpoint, every error, streams that stay independent,
 and a server that keeps serving."""
 import base64
+import contextlib
 import json
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -38,6 +41,25 @@ def start_lab(*run_dirs, host="127.0.0.1", args=(), stderr=subprocess.PIPE):
     line = proc.stdout.readline()
     assert line.startswith("rnnkit lab: http://"), (line, proc.stderr and proc.stderr.read())
     return proc, line.split()[2].rstrip("/")
+
+
+@contextlib.contextmanager
+def lab_over_chapter(run: str | None, epochs: int):
+    """(process, base URL, run directory) of `rnnkit serve` over `run`, or over a chapter run
+    trained here for `epochs` (the benchmarks' setting); its log goes to a file nobody reads."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run = run or str(Path(tmp) / "chapter")
+        if not (Path(run) / "config.json").exists():
+            subprocess.run([sys.executable, "-m", "rnnkit", "train", "--epochs", str(epochs),
+                            "--sample-every", "0", "--json", "--out", run], check=True,
+                           capture_output=True)
+        with open(Path(tmp) / "server.log", "w") as log:      # a pipe nobody reads would block
+            proc, url = start_lab(run, stderr=log)
+        try:
+            yield proc, url, Path(run)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,13 @@ import sys
 
 import numpy as np
 
+from ..data import SPLITS
 from ..errors import RnnkitError, UsageError
-from ..generate import Limits
+from ..sampling import Limits
 from .args import check_text, choice, choices, weights_flag
 
 # what one `rnnkit generate` may ask for: 128 MB of ids at most
 LIMITS = Limits(num_chars=1_000_000, num_samples=4096, beam=1024, generated=1 << 24)
-SPLITS = ("train", "val", "test")
 
 
 def add_parsers(sub) -> None:
@@ -51,7 +51,7 @@ def _open(args):
 
 
 def cmd_generate(args) -> int:
-    from ..generate import check_sampling
+    from ..sampling import check_sampling
     if args.prefix is not None:
         check_text(args.prefix, "--prefix")
     if args.stop_at is not None:
