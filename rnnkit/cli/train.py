@@ -98,7 +98,7 @@ def cmd_train(args) -> int:
     if given.get("corpus") in ("-", "/dev/stdin"):   # 3. standard input, read once
         given = read_stdin(given)
     if resume:                                       # 4. the settings: the run's, or new
-        run = Run.open(_checked_target(out, resume, args.force))
+        run = Run.resume(out)
     else:
         run = Run.new(new_config(given, args.preset or "d2l"), out)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
@@ -150,12 +150,6 @@ def train_target(args) -> tuple[str, bool]:
     return args.out or "runs/latest", bool(args.resume)
 
 
-def _checked_target(out: str, resume: bool, force: bool) -> str:
-    from ..run.rundir import check_out_dir
-    check_out_dir(Path(out), resume=resume, force=force)
-    return out
-
-
 def new_config(given: dict, preset: str = "d2l") -> TrainConfig:
     """The TrainConfig of a new run (`resolve_settings`): the flags checked first, before
     anything is read; for a preset sized to the corpus, the corpus counted and, with a time
@@ -187,12 +181,11 @@ def measure_speed(config: TrainConfig) -> float:
 
 def _check_for_processes(run, given: dict, nproc: int, force: bool) -> None:
     """Catch before any rank starts what would stop every rank at once."""
-    from ..run.rundir import check_out_dir
     from ..run.settings import check_processes
     if given.get("corpus") == STDIN:
         raise UsageError("--corpus - cannot feed several processes; save standard input to a "
                          "file and pass that")
-    check_out_dir(run.out, resume=run.exists, force=force)
+    run.check_target(force)
     config = run.config.for_resume(given) if run.exists else run.config
     check_processes(config.batch_size, nproc)
     if not run.exists:

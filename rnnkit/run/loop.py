@@ -42,7 +42,7 @@ def fit(t: Training, state: RunState, *, stopping: Stopping, cadence: Checkpoint
     while state.epoch < c.epochs:
         batches = epoch_batches(t, state.epoch)
         num_batches = max(len(batches), 1)
-        sums = EpochSums(state)                     # the epoch's loss and tokens, over ranks
+        sums = EpochSums(state, team)               # the epoch's loss and tokens, over ranks
         carried = state.carried if state.batch > 0 else None
         stop, tick = None, time.monotonic()
         t.net.train()
@@ -63,7 +63,7 @@ def fit(t: Training, state: RunState, *, stopping: Stopping, cadence: Checkpoint
             state.train_seconds, tick = state.train_seconds + now - tick, now
             stop, due = stopping.after_step(state, team, cadence)
             if stop or due:                                       # a checkpoint mid-epoch
-                sums.into(state, team)
+                sums.into(state)
                 state.carried = carried if sequential else None
                 checkpoints.save(state)
                 cadence.written()
@@ -73,7 +73,7 @@ def fit(t: Training, state: RunState, *, stopping: Stopping, cadence: Checkpoint
             raise Interrupted(stopping.signum or signal.SIGTERM,
                               f"epoch {state.epoch + 1}, batch {state.batch}",
                               str(checkpoints.out))
-        sums.into(state, team)                    # the reported perplexity is global
+        sums.into(state)                          # the reported perplexity is global
         record, improved = end_of_epoch(t, state)
         rate.after_epoch(state, improved)
         if improved:
@@ -91,22 +91,25 @@ def fit(t: Training, state: RunState, *, stopping: Stopping, cadence: Checkpoint
 
 
 class EpochSums:
-    """The epoch's summed loss and tokens: what this rank adds since `state` was taken up (the
-    epoch's start, or a resumed checkpoint), merged over ranks into `state` when it is saved."""
+    """The epoch's summed loss and tokens over every rank, merged into `state` when it is saved.
+    One process adds each batch to the sums it resumed from, in the order an uninterrupted run
+    adds them, so a resumed run's figures are bitwise the same; several processes add their own
+    batches from zero and sum over the ranks at the merge."""
 
-    def __init__(self, state: RunState):
-        self.loss0, self.tokens0, self.seconds0 = (state.epoch_loss, state.epoch_tokens,
-                                                   state.epoch_seconds)
-        self.loss, self.tokens, self.start = 0.0, 0, time.perf_counter()
+    def __init__(self, state: RunState, team):
+        self.team, self.start = team, time.perf_counter()
+        resumed = (state.epoch_loss, state.epoch_tokens, state.epoch_seconds)
+        self.base = (0.0, 0, resumed[2]) if team.world == 1 else resumed
+        self.loss, self.tokens = resumed[:2] if team.world == 1 else (0.0, 0)
 
     def add(self, loss: float, tokens: int) -> None:
         self.loss += loss
         self.tokens += tokens
 
-    def into(self, state: RunState, team) -> None:
-        loss, tokens = team.sum(self.loss, self.tokens)
-        state.epoch_loss, state.epoch_tokens = self.loss0 + loss, self.tokens0 + int(tokens)
-        state.epoch_seconds = self.seconds0 + time.perf_counter() - self.start
+    def into(self, state: RunState) -> None:
+        loss, tokens = self.team.sum(self.loss, self.tokens)
+        state.epoch_loss, state.epoch_tokens = self.base[0] + loss, self.base[1] + int(tokens)
+        state.epoch_seconds = self.base[2] + time.perf_counter() - self.start
 
 
 def end_of_epoch(t: Training, state: RunState) -> tuple[dict, bool | None]:

@@ -58,6 +58,19 @@ class Run:
         return cls(run_dir, config, vocab, exists=True, weights=weights, ngram=ngram,
                    device=device)
 
+    @classmethod
+    def resume(cls, run_dir: str | Path) -> "Run":
+        """An existing run, to train on where it stopped (refused, as a usage mistake, where
+        `run_dir` holds no run)."""
+        check_out_dir(Path(run_dir), resume=True, force=False)
+        return cls.open(run_dir)
+
+    def check_target(self, force: bool = False) -> None:
+        """Before anything is read: a new run may not clobber a run or foreign files in its
+        directory unless `force` (reads only; `RunDirectory.claim` checks again under a lock)."""
+        if not self.exists:
+            check_out_dir(self.out, resume=False, force=force)
+
     # ---- using a trained run ------------------------------------------------------------------
     @cached_property
     def model(self) -> LanguageModel:
@@ -118,7 +131,7 @@ class Run:
               json_lines: bool = False, checkpoint_every: float = 300.0, stdout=None) -> dict:
         """Train as the config says (an opened run: goes on where it stopped, with `changes` to
         what a resumed run may change, `TrainConfig.for_resume`); returns the summary dict."""
-        check_out_dir(self.out, resume=self.exists, force=force)
+        self.check_target(force)
         config = self.config.for_resume(changes or {}) if self.exists else self.config
         team = Team.from_env(resolve_device(config.validate().device))
         try:
@@ -187,9 +200,7 @@ def train_run(config: TrainConfig | None, out: str | Path, *, resume: bool = Fal
               checkpoint_every: float = 300.0, stdout=None) -> dict:
     """Train as `config` says, writing the run to `out`; returns the summary dict. With
     `resume`, the run in `out` goes on with its saved config and `changes`."""
-    if resume:
-        check_out_dir(Path(out), resume=True, force=force)    # a usage error, before reading
-    run = Run.open(out) if resume else Run.new(config, out)
+    run = Run.resume(out) if resume else Run.new(config, out)
     return run.train(changes=changes, force=force, json_lines=json_lines,
                      checkpoint_every=checkpoint_every, stdout=stdout)
 
