@@ -34,7 +34,7 @@ from .text import Vocab
 
 RUN_FILES = ("config.json", "vocab.json", "model.safetensors")
 OUTPUT_FILES = RUN_FILES + ("metrics.jsonl", "perplexity.png", "best.safetensors",
-                            "ngram.safetensors")
+                            "ngram.safetensors", "copies.safetensors")
 WEIGHTS = {"best": "best.safetensors", "last": "model.safetensors"}
 MAX_JSON_BYTES = 64 << 20        # config.json, vocab.json (a vocabulary of a million words fits)
 MAX_HEADER_BYTES = 100 << 20     # a safetensors header: names, shapes, offsets and metadata

@@ -215,12 +215,41 @@ ROUTES = [Route("/", index), Route("/api/runs", list_runs),
 
 
 def _generate(run: LabRun, req: dict) -> list[dict]:
-    """What `rnnkit generate` prints for these arguments (the same method, `Run.generate`)."""
+    """What `rnnkit generate` prints for these arguments (the same method, `Run.generate`),
+    with each sample's copies of the training text."""
     samples = run.run.generate(req["prefix"], req["num_chars"], num_samples=req["num_samples"],
                                temperature=req["temperature"], top_k=req["top_k"],
                                top_p=req["top_p"], seed=req["seed"], beam=req["beam"])
-    return [{"text": text, **({} if logp is None else {"log_prob": logp})}
-            for text, logp in samples]
+    return [{"text": s.text, **({} if s.log_prob is None else {"log_prob": s.log_prob}),
+             "segments": copy_segments(run, req["prefix"], s.ids, s.generated_from)}
+            for s in samples]
+
+
+def copy_segments(run: LabRun, prefix: str, ids: list[int], generated_from: int
+                  ) -> list[dict] | None:
+    """The sample's text in pieces whose concatenation is the text: {"text", "copy"}, where
+    "copy" is null or, for generated tokens inside a copy of the training text, where it
+    occurs there and the training text around it. None: the training text cannot be read."""
+    from .errors import RnnkitError
+    from .run.run import Sample
+    try:
+        report = run.run.copies(Sample("", ids, generated_from))
+    except RnnkitError:
+        return None
+    made, sep = run.vocab.to_tokens(ids[generated_from:]), SEPARATOR[run.config.token]
+    segments = [{"text": prefix + (sep if made else ""), "copy": None}]
+    for k, token in enumerate(made):
+        at = generated_from + k
+        span = next(((a, b, where) for a, b, where in report.spans if a <= at < b), None)
+        copy = None if span is None else {
+            "train_at": span[2], "tokens": span[1] - span[0],
+            "context": run.run.training_text(span[2] - 40, span[2] + span[1] - span[0] + 40)}
+        piece = token + (sep if k + 1 < len(made) else "")
+        if segments[-1]["copy"] == copy:
+            segments[-1]["text"] += piece
+        else:
+            segments.append({"text": piece, "copy": copy})
+    return segments
 
 
 async def _events(run: LabRun, req: dict):
@@ -236,6 +265,7 @@ async def _events(run: LabRun, req: dict):
         {"temperature": req["temperature"], "top_k": req["top_k"], "top_p": req["top_p"]},
         generator, lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)))
     texts = [req["prefix"]] * req["num_samples"]
+    made: list[list[int]] = [[] for _ in range(req["num_samples"])]   # each sample's new ids
     try:
         yield _event("start", {"prefix": req["prefix"], "num_samples": req["num_samples"]})
         while True:
@@ -255,11 +285,15 @@ async def _events(run: LabRun, req: dict):
                     for sample, token in enumerate(step):
                         chunks[sample] = chunks.get(sample, "") + sep + \
                             run.vocab.idx_to_token[token]
+                        made[sample].append(token)
             for sample, piece in chunks.items():
                 texts[sample] += piece
                 yield _event("chunk", {"sample": sample, "text": piece})
             if ended:
-                yield _event("done", {"samples": texts})
+                segments = await run_in_threadpool(lambda: [
+                    copy_segments(run, req["prefix"], req["ids"] + m, len(req["ids"]))
+                    for m in made])
+                yield _event("done", {"samples": texts, "segments": segments})
                 return
     finally:
         StreamEngine.close(stream)               # a client that left frees its rows

@@ -189,3 +189,36 @@ def test_hostile_tokens_and_names_appear_as_text_and_run_nothing(hostile_run, br
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
     assert errors == []            # nothing the CSP or Trusted Types had to refuse, no JS error
+
+
+def test_copies_of_the_training_text_are_underlined_with_where_they_occur(browser, tmp_path):
+    from rnnkit.cli import main
+    text = ("The Time Traveller (for so it will be convenient to speak of him) was expounding "
+            "a recondite matter to us. His grey eyes shone and twinkled.\n")
+    corpus = tmp_path / "t.txt"
+    corpus.write_text(text * 60)
+    run = tmp_path / "memorised"
+    assert main(["train", "--corpus", str(corpus), "--clean", "none", "--hidden", "96",
+                 "--batch-size", "8", "--num-steps", "40", "--lr", "2", "--epochs", "12",
+                 "--sample-every", "0", "--end-on", "last", "--out", str(run)]) == 0
+    proc, url = start_lab(run)
+    try:
+        page = browser.new_page()
+        page.goto(url + "/")
+        page.wait_for_selector("#run option", state="attached")
+        page.fill("#gen-prefix", "His grey")
+        page.fill("#gen-length", "200")
+        page.click("#gen-go")
+        _wait_for(page, "document.querySelector('#gen-status').textContent === 'done'")
+        sample = page.inner_text("#gen-out pre")
+        copies = page.locator("#gen-out pre u.copy")
+        assert copies.count() >= 1 and len(sample) == len("His grey") + 200
+        first = copies.first
+        assert len(first.inner_text()) >= 20 and first.inner_text() in text * 2
+        title = first.get_attribute("title")
+        assert "copied from the training text" in title and first.inner_text()[:20] in title
+        first.hover()                                          # the browser shows the title
+        page.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)

@@ -115,8 +115,8 @@ def test_generate_gives_what_rnnkit_generate_prints(args, server, runs, capsys):
 
 
 def _stream(url: str, **params) -> dict:
-    """The events of one stream: {"chunks": [...], "done": samples}."""
-    chunks, done = [], None
+    """The events of one stream: {"chunks": [...], "done": samples, "segments": per sample}."""
+    chunks, done, segments = [], None, None
     with httpx.stream("GET", url, params=params, timeout=60) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         kind = None
@@ -128,8 +128,8 @@ def _stream(url: str, **params) -> dict:
                 if kind == "chunk":
                     chunks.append(data)
                 elif kind == "done":
-                    done = data["samples"]
-    return {"chunks": chunks, "done": done}
+                    done, segments = data["samples"], data["segments"]
+    return {"chunks": chunks, "done": done, "segments": segments}
 
 
 def test_a_stream_sends_chunks_and_ends_with_the_texts(server):
@@ -351,3 +351,24 @@ def test_ctrl_c_stops_cleanly_and_other_hosts_are_warned(runs):
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 0
     assert "anyone who can reach this machine" in proc.stderr.read()
+
+
+def test_generate_and_stream_give_the_samples_in_segments_marking_copies(server, runs):
+    """The page's underlines: pieces whose concatenation is the sample, a piece inside a copy
+    of the training text saying where it occurs (the same report as `rnnkit generate`)."""
+    from rnnkit.run import Run
+    r = httpx.post(f"{server}/api/runs/lstm/generate",
+                   json={"prefix": "He said", "num_chars": 120})
+    [sample] = r.json()["samples"]
+    segments = sample["segments"]
+    assert "".join(s["text"] for s in segments) == sample["text"]
+    run = Run.open(runs[1])
+    [mine] = run.generate("He said", 120)
+    report = run.copies(mine)
+    copied = sum(len(s["text"]) for s in segments if s["copy"] is not None)
+    assert (copied > 0) == (report.copied_share > 0)
+    for s in segments:
+        if s["copy"] is not None:
+            assert s["text"].strip() in s["copy"]["context"]
+    got = _stream(f"{server}/api/runs/lstm/stream", num_chars=120, prefix="He said")
+    assert got["done"] == [sample["text"]] and got["segments"] == [segments]

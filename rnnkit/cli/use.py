@@ -1,11 +1,14 @@
 """`rnnkit generate` and `rnnkit eval`: a trained run (`Run.open`) writes text or is scored."""
 from __future__ import annotations
 
+import json
 import math
 import sys
 
 import numpy as np
 
+from ..copies import DamagedIndex
+from ..copies import describe as describe_copies
 from ..data import SPLITS
 from ..errors import RnnkitError, UsageError
 from ..sampling import Limits
@@ -32,6 +35,12 @@ def add_parsers(sub) -> None:
     s.add_argument("--length-penalty", type=float, default=0.0,
                    help="with --beam: rank by log P / length^alpha, e.g. 0.75 (default: 0)")
     s.add_argument("--stop-at", help="with --beam: a continuation ends at this character")
+    s.add_argument("--copy-min", type=int, help="report copies of the training text of at "
+                   "least N tokens (default: 20 characters or 6 words)")
+    s.add_argument("--no-copy-check", dest="copy_check", action="store_false",
+                   help="do not compare the samples with the training text")
+    s.add_argument("--json", action="store_true",
+                   help="one JSON object per sample on stdout: text, copies, the settings")
     weights_flag(s)
     s.set_defaults(func=cmd_generate)
 
@@ -41,6 +50,11 @@ def add_parsers(sub) -> None:
     e.add_argument("--corpus", help="text to score (default: the run's validation slice)")
     e.add_argument("--split", default="val", type=choice(SPLITS), metavar=choices(SPLITS),
                    help="which slice of the run's corpus to score (default: val)")
+    e.add_argument("--samples", type=int, metavar="K",
+                   help="instead: how much the model recites — K samples (temperature 1, seed "
+                        "0) compared with the training text")
+    e.add_argument("--num-chars", type=int, default=200,
+                   help="with --samples: tokens per sample (default: 200)")
     weights_flag(e)
     e.set_defaults(func=cmd_eval)
 
@@ -56,6 +70,8 @@ def cmd_generate(args) -> int:
         check_text(args.prefix, "--prefix")
     if args.stop_at is not None:
         check_text(args.stop_at, "--stop-at")
+    if args.copy_min is not None and not 1 <= args.copy_min <= 1 << 20:
+        raise UsageError("--copy-min must be between 1 and 1,048,576 tokens")
     try:
         check_sampling(vars(args), LIMITS, lambda name: "--" + name.replace("_", "-"))
     except ValueError as e:
@@ -75,12 +91,47 @@ def cmd_generate(args) -> int:
                                length_penalty=args.length_penalty, stop_at=args.stop_at)
     except ValueError:                  # the stop token is not one token of the vocabulary
         raise UsageError("--stop-at must be one token of the run's vocabulary") from None
-    for text, logp in samples:
-        print(text if logp is None or args.num_samples == 1 else f"{logp:.4f}\t{text}")
+    check = args.copy_check and _copy_index(run)
+    for sample in samples:
+        report = run.copies(sample, args.copy_min) if check else None
+        if args.json:
+            settings = {**_settings(args), "prefix": prefix,
+                        "copy_min": report.copy_min if report else args.copy_min}
+            print(json.dumps({"text": sample.text, "log_prob": sample.log_prob,
+                              "copies": report and report.to_dict(), "settings": settings},
+                             ensure_ascii=False), flush=True)
+            continue
+        logp = sample.log_prob
+        print(sample.text if logp is None or args.num_samples == 1 else
+              f"{logp:.4f}\t{sample.text}", flush=True)
+        if report is not None:
+            span = run.decode(sample.ids[report.sample_at:report.sample_at + report.longest])
+            print(describe_copies(report, span, run.config.token), file=sys.stderr, flush=True)
     return 0
 
 
+def _copy_index(run) -> bool:
+    """Whether the samples can be compared with the training text: its index is built (on
+    first use) or read; a training text that can no longer be read only skips the check."""
+    try:
+        run.copy_index
+    except DamagedIndex:                   # refused, as any damaged run file
+        raise
+    except RnnkitError as e:
+        print(f"rnnkit: note: not checking the samples for copies ({e})", file=sys.stderr)
+        return False
+    return True
+
+
+def _settings(args) -> dict:
+    keys = ("prefix", "num_chars", "num_samples", "temperature", "top_k", "top_p", "seed",
+            "beam", "length_penalty", "stop_at", "weights", "ngram", "copy_min")
+    return {k: getattr(args, k) for k in keys}
+
+
 def cmd_eval(args) -> int:
+    if args.samples is not None:
+        return recitation(args)
     run = _open(args)
     if args.corpus:
         from ..data import load_corpus
@@ -101,4 +152,25 @@ def cmd_eval(args) -> int:
           f"per {run.config.token} on {where} ({tokens:,} tokens)" + (
               f"; the network with its {mixed['n']}-gram model mixed in (--no-ngram: the "
               "network alone)" if mixed else ""))
+    return 0
+
+
+def recitation(args) -> int:
+    """`rnnkit eval RUN --samples K`: the distribution of the longest copy and of the copied
+    share over K sampled texts, in one line that compares across runs."""
+    if not 1 <= args.samples <= 4096 or not 1 <= args.num_chars <= 100_000:
+        raise UsageError("--samples must be between 1 and 4,096 and --num-chars between 1 and "
+                         "100,000")
+    run = _open(args)
+    run.copy_index                          # built (or read and checked) before sampling
+    reports = [run.copies(s) for s in run.generate(run.config.prefix, args.num_chars,
+                                                   num_samples=args.samples, temperature=1.0,
+                                                   seed=0)]
+    longest = np.array([r.longest for r in reports])
+    share = np.array([r.copied_share for r in reports])
+    unit = "chars" if run.config.token == "char" else "words"
+    print(f"copies in {len(reports)} samples of {args.num_chars} {unit} (temperature 1): longest "
+          f"median {np.median(longest):.0f}, p90 {np.percentile(longest, 90):.0f}, max "
+          f"{longest.max()} {unit}; copied share mean {100 * share.mean():.1f}%, max "
+          f"{100 * share.max():.1f}% (spans of {reports[0].copy_min}+ {unit})")
     return 0

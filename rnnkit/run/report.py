@@ -102,8 +102,12 @@ class Reporter:
             print(f"  with the {summary['ngram']['order'] + 1}-gram model mixed in; the network "
                   f"alone: {summary['network_val_ppl']:.2f}, the n-gram model alone: "
                   f"{summary['ngram']['val_ppl']:.2f}", file=self.stdout)
-        for s in summary["samples"]:
+        for s, copies in zip(summary["samples"], summary["copies"]):
             print(s, file=self.stdout)
+            unit = "chars" if summary["token"] == "char" else "words"
+            print(f"  copied: longest {copies['longest']} {unit} of the training text; "
+                  f"{100 * copies['copied_share']:.0f}% of the sample in copies of "
+                  f"{copies['copy_min']}+ {unit}", file=self.stdout)
 
 
 def describe(run: Training, seconds_per_epoch: float) -> list[str]:
@@ -125,7 +129,8 @@ def describe(run: Training, seconds_per_epoch: float) -> list[str]:
                       f", dropout {c.dropout}" if c.dropout else "", ", tied" if c.tie else ""])
     params = sum(p.numel() for p in run.model.parameters())
     batches = max(1, (len(run.train_ids) - 1) // (c.batch_size * c.num_steps))
-    until = f"{c.epochs} epoch{'s' if c.epochs != 1 else ''}" + (f" or {c.time_budget:g} s" if c.time_budget else "") + \
+    until = f"{c.epochs} epoch{'s' if c.epochs != 1 else ''}" + \
+        (f" or {c.time_budget:g} s" if c.time_budget else "") + \
         (f", early stop after {c.patience} without a better validation" if c.patience else "")
     return [
         f"corpus      {corpus}: {len(run.slices.ids):,} {c.token} tokens after --clean "

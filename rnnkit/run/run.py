@@ -8,6 +8,7 @@ generate, decode. `rnnkit train | eval | generate | serve | export` are thin ada
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -16,13 +17,14 @@ import torch
 
 from .. import checkpoint as ckpt
 from ..config import TrainConfig
+from ..copies import COPY_MIN, CopyIndex, CopyReport
 from ..data import Slices, read_slices
 from ..distributed import Team
 from ..errors import Interrupted, RnnkitError
 from ..generate import beam_search, generate_ids, predict, prefix_ids
 from ..models import LanguageModel
 from ..ngram import fit_mixture
-from ..text import Vocab, detokenize, extend
+from ..text import Vocab, detokenize, extend, tokens_of
 from ..train import eval_rows, evaluate, perplexity
 from .loop import epoch_batches, fit
 from .policies import CheckpointCadence, Stopping
@@ -30,6 +32,15 @@ from .report import Reporter, describe
 from .rundir import Checkpointer, RunDirectory, check_out_dir
 from .setup import Training, resolve_device, seconds_per_epoch, setup_training
 from .state import RunState, load_state
+
+
+@dataclass
+class Sample:
+    """One generated text: the prefix and what followed it."""
+    text: str
+    ids: list[int]                   # the prefix's ids, then the generated ones
+    generated_from: int              # where the generated ids start in `ids`
+    log_prob: float | None = None    # with beam search: the continuation's log-probability
 
 
 class Run:
@@ -100,10 +111,9 @@ class Run:
     def generate(self, prefix: str, num_chars: int, *, num_samples: int = 1,
                  temperature: float = 0.0, top_k: int | None = None,
                  top_p: float | None = None, seed: int | None = None, beam: int | None = None,
-                 length_penalty: float = 0.0, stop_at: str | None = None
-                 ) -> list[tuple[str, float | None]]:
-        """(text, log-probability or None) per sample: the prefix and what follows it, sampled
-        (greedy at temperature 0) or, with `beam`, the likeliest texts best first."""
+                 length_penalty: float = 0.0, stop_at: str | None = None) -> list[Sample]:
+        """The prefix and what follows it, sampled (greedy at temperature 0) or, with `beam`,
+        the likeliest texts best first (with their log-probabilities)."""
         ids, _ = self.encode(prefix)
         if not ids:
             raise ValueError("the prefix holds no token")
@@ -111,7 +121,8 @@ class Run:
             out = generate_ids(self.model, ids, num_chars, num_samples=num_samples,
                                temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                                device=self.device)
-            return [(self.continuation(prefix, row), None) for row in out.tolist()]
+            return [Sample(self.continuation(prefix, row), ids + row, len(ids))
+                    for row in out.tolist()]
         stop = None
         if stop_at is not None:
             stop_ids, unknown = self.encode(stop_at)
@@ -120,11 +131,37 @@ class Run:
             stop = stop_ids[0]
         best = beam_search(self.model, ids, num_chars, beam=beam, num_results=num_samples,
                            length_penalty=length_penalty, stop_id=stop, device=self.device)
-        return [(self.continuation(prefix, row), logp) for row, logp in best]
+        return [Sample(self.continuation(prefix, row), ids + row, len(ids), logp)
+                for row, logp in best]
 
     def continuation(self, prefix: str, ids) -> str:
         """The prefix and the tokens `ids` made after it, as one text."""
         return extend(prefix, self.vocab.to_tokens([int(i) for i in ids]), self.config.token)
+
+    @cached_property
+    def copy_index(self) -> CopyIndex:
+        """The suffix array of the training slice: built on first use and kept beside the run
+        as copies.safetensors (checked against the training slice whenever it is read)."""
+        path = self.out / "copies.safetensors"
+        if path.exists():
+            return CopyIndex.load(path, self.slices["train"])
+        index = CopyIndex.build(self.slices["train"])
+        try:
+            index.save(path)
+        except OSError:                   # a read-only run still answers, from memory
+            pass
+        return index
+
+    def copies(self, sample: Sample, copy_min: int | None = None) -> CopyReport:
+        """What `sample` shares verbatim with the training slice (`copies.CopyIndex.report`);
+        `copy_min`: the shortest span counted as a copy (20 characters or 6 words)."""
+        return self.copy_index.report(np.asarray(sample.ids), sample.generated_from,
+                                      copy_min or COPY_MIN[self.config.token])
+
+    def training_text(self, start: int, end: int) -> str:
+        """Tokens [start, end) of the training slice, as text."""
+        train = self.slices["train"]
+        return self.decode(train[max(start, 0):min(end, len(train))])
 
     # ---- training -----------------------------------------------------------------------------
     def train(self, *, changes: dict | None = None, force: bool = False,
@@ -241,12 +278,31 @@ def _started(t: Training, rundir: RunDirectory) -> tuple[RunState, Checkpointer]
     return state, checkpoints
 
 
+def sample_prefixes(prefix: str) -> list[str]:
+    """The run's prefix, and its last word when it has several (the book's two lines)."""
+    return [prefix] + ([prefix.split()[-1]] if len(prefix.split()) > 1 else [])
+
+
 def samples(t: Training, model: LanguageModel | None = None) -> list[str]:
-    """Greedy continuations of the run's prefix and of its last word (the book's two lines)."""
-    prefix = t.config.prefix
-    prefixes = [prefix] + ([prefix.split()[-1]] if len(prefix.split()) > 1 else [])
+    """Greedy continuations of the run's prefixes (`sample_prefixes`)."""
     return [predict(model or t.model, t.vocab, p, 50, token=t.config.token,
-                    device=t.team.device) for p in prefixes]
+                    device=t.team.device) for p in sample_prefixes(t.config.prefix)]
+
+
+def closing_copies(t: Training, out: Path, texts: list[str]) -> list[dict]:
+    """What each closing sample copied from the training slice (`Run.copies`). The run writes
+    its index here, for generate and the lab (a resumed run's training slice is the same, and
+    so is the index it writes again)."""
+    run = Run(out, t.config, t.vocab, exists=True)
+    run.slices, run.model = t.slices, t.model
+    run.copy_index = CopyIndex.build(t.train_ids)
+    run.copy_index.save(out / "copies.safetensors")
+    reports = []
+    for text, prefix in zip(texts, sample_prefixes(t.config.prefix)):
+        ids = t.vocab[tokens_of(text, t.config.token)]
+        reports.append(run.copies(Sample(text, ids, len(tokens_of(prefix, t.config.token))))
+                       .to_dict())
+    return reports
 
 
 def mix_ngram(t: Training, out: Path, summary: dict) -> LanguageModel:
@@ -274,7 +330,7 @@ def summarize(t: Training, state: RunState, out: Path) -> dict:
                                                      "tokens_per_s": 0.0}
     summary = {"train_ppl": final["train_ppl"], "val_ppl": final["val_ppl"],
                "tokens_per_s": final["tokens_per_s"], "device": str(t.team.device),
-               "out": str(out), "end_on": c.end_on}
+               "out": str(out), "end_on": c.end_on, "token": c.token}
     if state.best_val_ppl is not None:
         summary["best_val_ppl"] = state.best_val_ppl
         summary["best_epoch"] = min(state.metrics, key=lambda m: m["val_ppl"])["epoch"]
@@ -285,6 +341,7 @@ def summarize(t: Training, state: RunState, out: Path) -> dict:
     model = mix_ngram(t, out, summary) if c.ngram and len(t.val_ids) else t.model
     model.eval()      # the closing samples and test figure are what generate and eval give
     summary["samples"] = samples(t, model)
+    summary["copies"] = closing_copies(t, out, summary["samples"])
     if len(t.test_ids):
         usable = eval_rows(len(t.test_ids), c.batch_size, c.num_steps) >= 1
         summary["test_ppl"] = perplexity(*evaluate(

@@ -93,7 +93,8 @@ async function generate() {
       const {samples} = await api(runPath("generate"),
                                   {...q, beam: $("gen-beam").value, temperature: 0});
       for (const s of samples) {
-        out.append(el("pre", {title: `log-probability ${s.log_prob.toFixed(3)}`}, s.text));
+        const pre = out.appendChild(el("pre", {title: `log-probability ${s.log_prob.toFixed(3)}`}, s.text));
+        showCopies(pre, s.segments);
       }
     } catch (e) { $("gen-status").textContent = e.message; }
     return;
@@ -114,6 +115,7 @@ async function generate() {
       } else if (kind === "chunk") {
         pres[data.sample].textContent += data.text;
       } else if (kind === "done") {
+        pres.forEach((pre, i) => showCopies(pre, data.segments && data.segments[i]));
         $("gen-status").textContent = "done";
       } else if (kind === "error") {
         $("gen-status").textContent = data.error;
@@ -125,6 +127,15 @@ async function generate() {
     $("gen-go").disabled = false;
     $("gen-stop").disabled = true;
   }
+}
+
+function showCopies(pre, segments) {
+  // the sample again, its copies of the training text underlined; hover: where they occur
+  if (!segments) return;
+  pre.replaceChildren(...segments.map((seg) => seg.copy === null ? seg.text : el("u", {
+    className: "copy",
+    title: `${seg.copy.tokens} tokens copied from the training text (at token ` +
+           `${seg.copy.train_at}):\n…${seg.copy.context}…`}, seg.text)));
 }
 
 async function readEvents(response, onEvent) {
