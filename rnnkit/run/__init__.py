@@ -7,6 +7,7 @@
     loop.py      epochs → batches → step → end of epoch                 (`fit`)
     policies.py  learning rate, stopping, checkpoint cadence            (consulted by `fit`)
     report.py    progress bar, console / JSON lines, metrics, plot      (`Reporter`)
+    closing.py   the end: best weights, n-gram mixture, samples, copies (`summarize`)
     run.py       the run itself: new or opened, trained, evaluated, generated from  (`Run`)
 """
 from .run import Run, train_run
