@@ -81,6 +81,10 @@ class TrainConfig:
             v = getattr(self, name)
             if not (v > 0 and math.isfinite(v)):
                 raise UsageError(f"--{name} must be a positive number")
+        for f in dataclasses.fields(self):         # one rule: no setting is NaN or infinite
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise UsageError(f"--{f.name.replace('_', '-')} must be a finite number, not {v}")
         if self.epochs < 0:
             raise UsageError("--epochs must be 0 or more")
         if not 0 <= self.val_fraction < 1:

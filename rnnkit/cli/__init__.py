@@ -13,7 +13,7 @@ import traceback
 
 from ..errors import Interrupted, RnnkitError, UsageError
 from . import corpus, serve, train, use
-from .args import Parser
+from .args import Parser, did_you_mean
 from .train import new_config  # noqa: F401  (the settings of `rnnkit train`, for callers)
 
 SUBCOMMANDS = (train, use, serve, corpus)
@@ -40,15 +40,21 @@ def _usage_error(e: argparse.ArgumentError, argv: list[str]) -> UsageError:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in argv
+    debug = "--debug" in argv           # before or after the subcommand, as a user puts it
+    argv = [a for a in argv if a != "--debug"]
     for stream in (sys.stdout, sys.stderr):  # a path that is not UTF-8 prints, escaped
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     try:
+        parser = build_parser()
         try:
-            args = build_parser().parse_args(argv)
+            args = parser.parse_args(argv)
         except argparse.ArgumentError as e:
             raise _usage_error(e, argv) from None
+        except UsageError as e:
+            if "unrecognized arguments" not in str(e):
+                raise
+            raise UsageError(did_you_mean(parser, argv, str(e))) from None
         args.argv = argv
         return args.func(args)
     except RnnkitError as e:

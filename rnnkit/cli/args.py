@@ -13,7 +13,8 @@ class Parser(argparse.ArgumentParser):
     by the flag's own `type` (see `choice`)."""
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, exit_on_error=False, **kwargs)
+        # no abbreviations: --hid silently meaning --hidden hides a typo (see `did_you_mean`)
+        super().__init__(*args, exit_on_error=False, allow_abbrev=False, **kwargs)
 
     def error(self, message: str):
         raise UsageError(f"{message} (see '{self.prog} --help')")
@@ -28,6 +29,28 @@ def choice(allowed) -> Callable[[str], str]:
                                              f"{value!r}")
         return value
     return check
+
+
+def path(value: str) -> str:
+    """An argparse `type` for a file or directory: an empty one names nothing (it would mean
+    the current directory, or fail later with a less clear message)."""
+    if value == "":
+        raise argparse.ArgumentTypeError("must name a file or directory, not ''")
+    return value
+
+
+def did_you_mean(parser: argparse.ArgumentParser, argv: list[str], message: str) -> str:
+    """`message` about unrecognized flags, with the closest flag the subcommand has."""
+    import difflib
+    command = next((a for a in argv if not a.startswith("-")), None)
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    target = sub.choices.get(command, parser) if sub is not None else parser
+    flags = [f for a in target._actions for f in a.option_strings]
+    message = message.split(" (see ")[0]
+    wrong = [w.split("=")[0] for w in message.split(":", 1)[-1].split() if w.startswith("--")]
+    hints = [m[0] for w in wrong for m in [difflib.get_close_matches(w, flags, 1)] if m]
+    return message + (f"; did you mean {', '.join(hints)}?" if hints else "") + \
+        f" (see '{target.prog} --help')"
 
 
 def choices(allowed) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..text import CLEAN_MODES, TOKEN_MODES
-from .args import choice, choices
+from .args import choice, choices, path
 
 
 def add_parsers(sub) -> None:
@@ -20,12 +20,12 @@ def add_parsers(sub) -> None:
     r.set_defaults(func=cmd_prepare)
     b = sub.add_parser("bench", help="side-by-side speed table (README.md, section Speed)")
     b.add_argument("--quick", action="store_true", help="finish in under a minute")
-    b.add_argument("--json-out", help="also write the JSON result to this file")
+    b.add_argument("--json-out", type=path, help="also write the JSON result to this file")
     b.set_defaults(func=cmd_bench)
 
 
 def _corpus_flags(p, *, required: bool) -> None:
-    p.add_argument("--corpus", required=required,
+    p.add_argument("--corpus", required=required, type=path,
                    help="UTF-8 text file" + ("" if required else " (default: The Time Machine)"))
     p.add_argument("--clean", default="d2l", type=choice(CLEAN_MODES),
                    metavar=choices(CLEAN_MODES), help="(default: d2l)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import UsageError
-from .args import choice, choices, weights_flag
+from .args import choice, choices, path, weights_flag
 
 
 def add_parsers(sub) -> None:
@@ -13,7 +13,8 @@ def add_parsers(sub) -> None:
     x.add_argument("run_dir", help="a directory made by 'rnnkit train'")
     x.add_argument("--format", default="onnx", type=choice(["onnx"]), metavar=choices(["onnx"]),
                    help="(default: onnx)")
-    x.add_argument("--out", required=True, help="the .onnx file; its .json goes beside it")
+    x.add_argument("--out", required=True, type=path,
+                   help="the .onnx file; its .json goes beside it")
     x.add_argument("--force", action="store_true", help="replace existing files")
     weights_flag(x, ngram=False)
     x.set_defaults(func=cmd_export)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..config import CHOICES, PRESETS, STDIN, TrainConfig
 from ..errors import UsageError
-from .args import check_text, choice, choices
+from .args import check_text, choice, choices, path
 
 DEFAULTS_SHOWN = {"corpus": "The Time Machine", "max_tokens": "10,000 for the book, all of a "
                   "--corpus", "prefix": "'time traveller' for the book, else the corpus's first "
@@ -34,7 +34,7 @@ def add_parsers(sub) -> None:
                            help=f"{help} (default: {shown})".strip())
 
     g = t.add_argument_group("data")
-    opt(g, "--corpus", help="UTF-8 text file, or - for standard input")
+    opt(g, "--corpus", path, "UTF-8 text file, or - for standard input")
     opt(g, "--clean", help="d2l: letters and spaces, lower case (the book); none: keep all")
     opt(g, "--token", help="characters or whitespace-separated words")
     opt(g, "--min-freq", int, "rarer tokens become <unk>, e.g. 3")
@@ -74,8 +74,8 @@ def add_parsers(sub) -> None:
     opt(g, "--seed", int, "seed of initialisation and batch order")
     g = t.add_argument_group("system and output")
     opt(g, "--device", help="cpu | cuda | cuda:N | mps | auto")
-    g.add_argument("--out", help="run directory (default: runs/latest)")
-    g.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+    g.add_argument("--out", type=path, help="run directory (default: runs/latest)")
+    g.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR", type=path,
                    help="continue the run in RUN_DIR (or in --out) exactly where it stopped")
     g.add_argument("--force", action="store_true", help="replace the run in --out")
     g.add_argument("--checkpoint-every", type=float, default=300.0,

@@ -12,7 +12,7 @@ from ..copies import describe as describe_copies
 from ..data import SPLITS
 from ..errors import RnnkitError, UsageError
 from ..sampling import Limits
-from .args import check_text, choice, choices, weights_flag
+from .args import check_text, choice, choices, path, weights_flag
 
 # what one `rnnkit generate` may ask for: 128 MB of ids at most
 LIMITS = Limits(num_chars=1_000_000, num_samples=4096, beam=1024, generated=1 << 24)
@@ -47,7 +47,8 @@ def add_parsers(sub) -> None:
     e = sub.add_parser("eval", help="perplexity and bits per character of a trained run",
                        epilog="example: rnnkit eval runs/latest --corpus other.txt")
     e.add_argument("run_dir", help="a directory made by 'rnnkit train'")
-    e.add_argument("--corpus", help="text to score (default: the run's validation slice)")
+    e.add_argument("--corpus", type=path,
+                   help="text to score (default: the run's validation slice)")
     e.add_argument("--split", default="val", type=choice(SPLITS), metavar=choices(SPLITS),
                    help="which slice of the run's corpus to score (default: val)")
     e.add_argument("--samples", type=int, metavar="K",
@@ -139,6 +140,10 @@ def cmd_eval(args) -> int:
         where = args.corpus
     else:
         ids, where = run.slices[args.split], f"the {args.split} slice"
+        if len(ids) == 0:
+            fraction = {"val": "--val-fraction", "test": "--test-fraction"}.get(args.split)
+            raise UsageError(f"the run has no {args.split} slice" + (
+                f" (it trained with {fraction} 0); pick another --split" if fraction else ""))
     unk = int(np.count_nonzero(ids == run.vocab.unk))
     if unk:
         print(f"rnnkit: warning: {unk} token(s) are not in the run's vocabulary and score as "

@@ -1,0 +1,73 @@
+"""Issue #26's first rules, each a general one (not a special case): no setting NaN or
+infinite; no empty path; no silent abbreviations, and the closest flag offered; --debug where
+a user puts it; a missing slice named; sampling at the ends of its legal ranges."""
+import pytest
+
+from rnnkit.cli import main
+
+TINY = ["--hidden", "16", "--epochs", "1", "--max-tokens", "2000", "--sample-every", "0"]
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rnnkit: error:"), err
+    return err[0]
+
+
+@pytest.mark.parametrize("flag", ["--weight-decay", "--lr", "--clip", "--dropout",
+                                  "--val-fraction", "--test-fraction", "--time-budget"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_no_setting_is_nan_or_infinite(flag, value, tmp_path, capsys):
+    assert main(["train", *TINY, f"{flag}={value}", "--out", str(tmp_path / "r")]) == 2
+    line = _one_line(capsys)
+    assert flag in line and ("finite" in line or "positive" in line or "must be" in line)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("args", [["train", "--out", ""], ["train", "--corpus", ""],
+                                  ["train", "--resume", ""], ["eval", "x", "--corpus", ""],
+                                  ["vocab", "--corpus", ""], ["prepare", "--corpus", ""],
+                                  ["export", "x", "--out", ""], ["bench", "--json-out", ""]])
+def test_an_empty_path_is_refused_before_anything_is_written(args, tmp_path, capsys,
+                                                             monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    assert "must name a file or directory, not ''" in _one_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_mistyped_flag_gets_the_closest_and_abbreviations_are_refused(tmp_path, capsys):
+    assert main(["train", "--epocs", "5", "--out", str(tmp_path / "r")]) == 2
+    assert "did you mean --epochs?" in _one_line(capsys)
+    assert main(["train", "--hid", "64", "--out", str(tmp_path / "r")]) == 2
+    line = _one_line(capsys)
+    assert "unrecognized arguments: --hid" in line and "--hidden" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_debug_works_after_the_subcommand(tmp_path, capsys):
+    assert main(["train", "--cell", "x", "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().endswith("(see 'rnnkit train --help')")
+    assert main(["train", *TINY, "--out", str(tmp_path / "r"), "--debug"]) == 0
+
+
+def test_a_split_the_run_does_not_have_is_named(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main(["train", *TINY, "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--split", "test"]) == 2
+    assert "no test slice (it trained with --test-fraction 0)" in _one_line(capsys)
+
+
+@pytest.mark.parametrize("args", [["--temperature", "1", "--top-p", "1e-50"],
+                                  ["--temperature", "1", "--top-p", "5e-324"],
+                                  ["--temperature", "1e-300"], ["--temperature", "1e300"],
+                                  ["--temperature", "1", "--top-k", "1"]])
+def test_sampling_at_the_ends_of_its_legal_ranges(args, tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main(["train", *TINY, "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(run), "--num-chars", "30", "--seed", "1", *args]) == 0
+    text = capsys.readouterr().out.splitlines()[0]
+    assert len(text) - 4 * text.count("<unk>") == len("time traveller") + 30   # 30 tokens
