@@ -143,6 +143,9 @@ def read_checkpoint(path: Path, expected: dict | None = None
 
 def load_config_and_vocab(run_dir: str | os.PathLike) -> tuple[TrainConfig, Vocab]:
     run = Path(run_dir)
+    if run.is_file():
+        raise RnnkitError(f"{run} is a file, not a run directory; pass a directory made by "
+                          "'rnnkit train --out'")
     if not run.is_dir():
         raise RnnkitError(f"run directory not found: {run}; pass a directory made by "
                           "'rnnkit train --out'")

@@ -71,3 +71,36 @@ def test_sampling_at_the_ends_of_its_legal_ranges(args, tmp_path, capsys):
     assert main(["generate", str(run), "--num-chars", "30", "--seed", "1", *args]) == 0
     text = capsys.readouterr().out.splitlines()[0]
     assert len(text) - 4 * text.count("<unk>") == len("time traveller") + 30   # 30 tokens
+
+
+def test_a_feature_without_its_extra_says_what_to_install(tmp_path, capsys, monkeypatch):
+    import sys
+    run = tmp_path / "r"
+    assert main(["train", *TINY, "--out", str(run)]) == 0
+    capsys.readouterr()
+    monkeypatch.setitem(sys.modules, "onnx", None)            # as if onnx were not installed
+    assert main(["export", str(run), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "pip install 'rnnkit[onnx]'" in _one_line(capsys)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_file_given_as_a_run_is_named_a_file(tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    assert main(["generate", str(notes)]) == 1
+    assert "is a file, not a run directory" in _one_line(capsys)
+
+
+def test_a_run_that_stops_early_says_so_and_when(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main(["train", "--hidden", "16", "--max-tokens", "2000", "--sample-every", "0",
+                 "--epochs", "50", "--lr", "1e-30", "--patience", "1", "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    # (weights that cannot move: the second epoch is no better than the first)
+    assert "stopped early after epoch 2 of 50: no better validation for 1 epochs (--patience)" \
+        in out.splitlines()
+    assert main(["train", "--hidden", "16", "--max-tokens", "2000", "--sample-every", "0",
+                 "--time-budget", "0.01", "--json", "--out", str(tmp_path / "t")]) == 0
+    import json
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert summary["stopped"]["reason"] == "time" and summary["stopped"]["epoch"] < 500

@@ -67,6 +67,19 @@ def check_text(value: str, flag: str) -> None:
         raise UsageError(f"{flag} is not valid UTF-8 text") from None
 
 
+def require(module: str, extra: str, feature: str) -> None:
+    """One rule for optional parts: a feature that needs an extra checks for it before it
+    reads or writes anything, and says in one line what to install (exit 2)."""
+    import importlib.util
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise UsageError(f"{feature} needs the '{extra}' extra: pip install 'rnnkit[{extra}]' "
+                         f"(from a clone: pip install -e '.[{extra}]')")
+
+
 def weights_flag(p, ngram: bool = True) -> None:
     if ngram:
         p.add_argument("--no-ngram", dest="ngram", action="store_false",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import UsageError
-from .args import choice, choices, path, weights_flag
+from .args import choice, choices, path, require, weights_flag
 
 
 def add_parsers(sub) -> None:
@@ -64,6 +64,7 @@ def cmd_serve(args) -> int:
 def cmd_export(args) -> int:
     from ..export import export_onnx
     from ..run import Run
+    require("onnx", "onnx", "rnnkit export")
     run = Run.open(args.run_dir, weights=args.weights)
     model_path, meta_path = export_onnx(run, args.out, force=args.force)
     print(f"wrote {model_path} (one step: ids, state -> logits, next state) and {meta_path}")

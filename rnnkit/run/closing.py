@@ -58,7 +58,7 @@ def mix_ngram(t: Training, out: Path, summary: dict) -> LanguageModel:
     return mixture
 
 
-def summarize(t: Training, state: RunState, out: Path) -> dict:
+def summarize(t: Training, state: RunState, out: Path, stopped: str | None = None) -> dict:
     """The closing report. A run that ends on its best epoch switches to those weights first
     (they are what generate and eval use), so its samples and figures are theirs."""
     c = t.config
@@ -67,6 +67,9 @@ def summarize(t: Training, state: RunState, out: Path) -> dict:
     summary = {"train_ppl": final["train_ppl"], "val_ppl": final["val_ppl"],
                "tokens_per_s": final["tokens_per_s"], "device": str(t.team.device),
                "out": str(out), "end_on": c.end_on, "token": c.token}
+    if stopped is not None:           # said, so that a resume with more --epochs is no surprise
+        summary["stopped"] = {"reason": stopped, "epoch": state.epoch, "epochs": c.epochs,
+                              "patience": c.patience, "time_budget": c.time_budget}
     if state.best_val_ppl is not None:
         summary["best_val_ppl"] = state.best_val_ppl
         summary["best_epoch"] = min(state.metrics, key=lambda m: m["val_ppl"])["epoch"]

@@ -35,8 +35,9 @@ def epoch_batches(t: Training, epoch: int) -> Batches:
 
 
 def fit(t: Training, state: RunState, *, stopping: Stopping, cadence: CheckpointCadence,
-        checkpoints: Checkpointer, report: Reporter) -> None:
-    """Train from wherever `state` stands until the configured epochs or a stop."""
+        checkpoints: Checkpointer, report: Reporter) -> str | None:
+    """Train from wherever `state` stands until the configured epochs or a stop; returns why
+    it stopped early ("time" or "patience"), or None."""
     c, team, rate = t.config, t.team, LearningRate(t.config)
     sequential = c.sampling == "sequential"
     while state.epoch < c.epochs:
@@ -87,7 +88,8 @@ def fit(t: Training, state: RunState, *, stopping: Stopping, cadence: Checkpoint
             raise Interrupted(stopping.signum or signal.SIGTERM, f"the end of epoch "
                               f"{state.epoch}", str(checkpoints.out))
         if stop:
-            break  # --time-budget spent or --patience exhausted: end as after a last epoch
+            return stop  # --time-budget spent or --patience exhausted: end as after a last epoch
+    return None
 
 
 class EpochSums:

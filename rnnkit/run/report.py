@@ -98,6 +98,13 @@ class Reporter:
             val = summary["val_ppl"]
             print(f"validation perplexity {val:.{2 if val < 10 else 1}f}{ended}",
                   file=self.stdout)
+        if "stopped" in summary:
+            s = summary["stopped"]
+            why = {
+                "patience": f"no better validation for {s['patience']} epochs (--patience)",
+                "time": f"the --time-budget of {s['time_budget']:g} s was spent"}
+            print(f"stopped early after epoch {s['epoch']} of {s['epochs']}: "
+                  f"{why[s['reason']]}", file=self.stdout)
         if "ngram" in summary:
             print(f"  with the {summary['ngram']['order'] + 1}-gram model mixed in; the network "
                   f"alone: {summary['network_val_ppl']:.2f}, the n-gram model alone: "

@@ -203,13 +203,14 @@ class Run:
             report.start(state.metrics)
             try:
                 with Stopping(t.config, len(t.vocab)) as stopping:
-                    fit(t, state, stopping=stopping, cadence=CheckpointCadence(checkpoint_every),
-                        checkpoints=checkpoints, report=report)
+                    stopped = fit(t, state, stopping=stopping,
+                                  cadence=CheckpointCadence(checkpoint_every),
+                                  checkpoints=checkpoints, report=report)
             finally:
                 report.close()
             if not team.main:
                 return {}
-            summary = summarize(t, state, checkpoints.out)
+            summary = summarize(t, state, checkpoints.out, stopped)
             report.summary(summary, state.metrics)
             return summary
         finally:
