@@ -118,6 +118,22 @@ class FileLock:
         self.fd = fd
         return self
 
+    def holder(self) -> str | None:
+        """Who holds the lock now (the owner it wrote), or None; creates nothing."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return os.read(fd, 4096).decode("utf-8", "replace").strip() or "another process"
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
     def release(self) -> None:
         """Unlink the file while still holding the lock, then let go of it."""
         if self.fd is None:

@@ -104,3 +104,21 @@ def test_a_run_that_stops_early_says_so_and_when(tmp_path, capsys):
     import json
     summary = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert summary["stopped"]["reason"] == "time" and summary["stopped"]["epoch"] < 500
+
+
+def test_a_run_in_use_says_so_before_anything_else(tmp_path, capsys):
+    """Not "already holds a run; pass --resume or --force", which would then fail too."""
+    import os
+    from rnnkit.files import FileLock
+    from rnnkit.run.rundir import lock_path
+    run = tmp_path / "r"
+    assert main(["train", *TINY, "--out", str(run)]) == 0
+    capsys.readouterr()
+    lock = FileLock(lock_path(run), owner=f"pid {os.getpid()}").acquire(wait=False)
+    try:
+        for args in ([], ["--force"], ["--resume"]):
+            assert main(["train", *TINY, *args, "--out", str(run)]) == 1
+            assert f"in use by another rnnkit train (pid {os.getpid()})" in _one_line(capsys)
+    finally:
+        lock.release()
+    assert main(["train", *TINY, "--resume", "--out", str(run), "--epochs", "2"]) == 0

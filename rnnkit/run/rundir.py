@@ -21,11 +21,15 @@ from .setup import Training
 from .state import RunState, save_state
 
 
-def check_out_dir(out: Path, *, resume: bool, force: bool) -> None:
-    """Refuse to overwrite an existing run unless --force; --resume needs a run to continue.
-    Reads only: nothing is written until the corpus and settings have passed every check."""
+def check_out_dir(out: Path, *, resume: bool, force: bool, locked: bool = False) -> None:
+    """Refuse a run directory another process trains into, an existing run unless --force,
+    and --resume without a run to continue. Reads only: nothing is written until the corpus and
+    settings have passed every check. `locked`: this process holds the lock (`claim`)."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; pass a directory")
+    owner = None if locked else FileLock(lock_path(out)).holder()
+    if owner is not None:     # first: what the checks below see may be that process's run
+        raise in_use(out, owner)
     has_run = (out / "config.json").exists()
     if resume:
         if not has_run:
@@ -42,6 +46,17 @@ def check_out_dir(out: Path, *, resume: bool, force: bool) -> None:
                          "pick a new directory")
 
 
+def lock_path(out: Path) -> Path:
+    """The lock beside a run directory: runs/.latest.lock for runs/latest."""
+    out = Path(os.path.abspath(out))
+    return out.parent / f".{out.name}.lock"
+
+
+def in_use(out: Path, owner: str) -> RnnkitError:
+    return RnnkitError(f"{out} is in use by another rnnkit train ({owner}); wait for it to "
+                       "finish or stop it first")
+
+
 class RunDirectory:
     """The lock on a run directory and, for a new run, the staging directory beside it."""
 
@@ -49,8 +64,7 @@ class RunDirectory:
         self.out = Path(os.path.abspath(out))
         if self.out.parent == self.out:
             raise UsageError(f"--out {out} cannot be a run directory; pass e.g. runs/latest")
-        self.lock = FileLock(self.out.parent / f".{self.out.name}.lock",
-                             owner=f"pid {os.getpid()}")
+        self.lock = FileLock(lock_path(self.out), owner=f"pid {os.getpid()}")
         self.staging: Path | None = None
 
     def claim(self, *, resume: bool, force: bool) -> None:
@@ -60,9 +74,8 @@ class RunDirectory:
         try:
             self.lock.acquire(wait=False)
         except Busy as e:
-            raise RnnkitError(f"{self.out} is in use by another rnnkit train ({e.owner}); wait "
-                              "for it to finish or stop it first") from None
-        check_out_dir(self.out, resume=resume, force=force)
+            raise in_use(self.out, e.owner) from None
+        check_out_dir(self.out, resume=resume, force=force, locked=True)
 
     def stage(self) -> Path:
         """A fresh directory next to the run where a new run is built (stale ones removed:
