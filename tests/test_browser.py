@@ -214,7 +214,8 @@ def test_copies_of_the_training_text_are_underlined_with_where_they_occur(browse
         copies = page.locator("#gen-out pre u.copy")
         assert copies.count() >= 1 and len(sample) == len("His grey") + 200
         first = copies.first
-        assert len(first.inner_text()) >= 20 and first.inner_text() in text * 4
+        # a copy of 20+ characters starts it (overlapping copies are underlined as one)
+        assert len(first.inner_text()) >= 20 and first.inner_text()[:20] in text * 4
         title = first.get_attribute("title")
         assert "copied from the training text" in title and first.inner_text()[:20] in title
         first.hover()                                          # the browser shows the title
