@@ -1,7 +1,8 @@
 """The README's screenshots of the lab: `rnnkit serve` over the runs given, driven in Debian's
 headless Chromium by Playwright, one PNG per panel into docs/.
 
-    python docs/screenshots.py runs/tm-quality     # e.g. rnnkit train --preset quality --time-budget 240
+    python docs/screenshots.py runs/tm-quality
+    (e.g. over rnnkit train --preset quality --time-budget 240)
 """
 import shutil
 import signal
@@ -11,7 +12,7 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from test_browser import FLAGS, _wait_for  # noqa: E402
+from test_browser import FLAGS, generate_in_page, open_lab  # noqa: E402
 from test_lab import start_lab  # noqa: E402
 
 DOCS = Path(__file__).resolve().parent
@@ -24,13 +25,8 @@ def main(run_dirs: list[str]) -> None:
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=FLAGS)
-            page = browser.new_page(viewport={"width": 1100, "height": 720})
-            page.goto(url + "/")
-            page.wait_for_selector("#run option", state="attached")
-            page.fill("#gen-prefix", "The Time Traveller")
-            page.fill("#gen-seed", "1")
-            page.click("#gen-go")
-            _wait_for(page, "document.querySelector('#gen-status').textContent === 'done'")
+            page = open_lab(browser, url, viewport={"width": 1100, "height": 720})
+            generate_in_page(page, prefix="The Time Traveller", seed=1)
             page.screenshot(path=str(DOCS / "lab-generate.png"))
             page.click("nav button[data-panel=read]")
             page.fill("#read-text", TEXT)

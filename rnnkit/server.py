@@ -237,15 +237,16 @@ def copy_segments(run: LabRun, prefix: str, ids: list[int], generated_from: int
     except RnnkitError:
         return None
     made, sep = run.vocab.to_tokens(ids[generated_from:]), SEPARATOR[run.config.token]
+    copy_at = [None] * len(ids)                  # each token's copy: one dict per span
+    for a, b, where in report.spans:
+        copy = {"train_at": where, "tokens": b - a,
+                "context": run.run.training_text(where - 40, where + b - a + 40)}
+        copy_at[a:b] = [copy] * (b - a)
     segments = [{"text": prefix + (sep if made else ""), "copy": None}]
     for k, token in enumerate(made):
-        at = generated_from + k
-        span = next(((a, b, where) for a, b, where in report.spans if a <= at < b), None)
-        copy = None if span is None else {
-            "train_at": span[2], "tokens": span[1] - span[0],
-            "context": run.run.training_text(span[2] - 40, span[2] + span[1] - span[0] + 40)}
+        copy = copy_at[generated_from + k]
         piece = token + (sep if k + 1 < len(made) else "")
-        if segments[-1]["copy"] == copy:
+        if segments[-1]["copy"] is copy:
             segments[-1]["text"] += piece
         else:
             segments.append({"text": piece, "copy": copy})

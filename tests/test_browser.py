@@ -32,9 +32,7 @@ def browser():
 @pytest.fixture(scope="module")
 def page(runs, browser):  # noqa: F811
     proc, url = start_lab(*runs)
-    page = browser.new_page(viewport={"width": 1100, "height": 760})
-    page.goto(url + "/")
-    page.wait_for_selector("#run option", state="attached")
+    page = open_lab(browser, url, viewport={"width": 1100, "height": 760})
     yield page
     page.close()
     proc.send_signal(signal.SIGINT)
@@ -50,16 +48,29 @@ def _wait_for(page, condition: str, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+def open_lab(browser, url: str, **page_options):
+    """A new page on the lab at `url`, once its run list has loaded."""
+    page = browser.new_page(**page_options)
+    page.goto(url + "/")
+    page.wait_for_selector("#run option", state="attached")
+    return page
+
+
+def generate_in_page(page, **fields) -> None:
+    """Fill Generate's fields (prefix=, seed=, length=…), press Generate, wait until done."""
+    for name, value in fields.items():
+        page.fill(f"#gen-{name}", str(value))
+    page.click("#gen-go")
+    _wait_for(page, "document.querySelector('#gen-status').textContent === 'done'")
+
+
 def _shot(page, name, tmp_path):
     folder = Path(os.environ.get("RNNKIT_SCREENSHOTS") or tmp_path)
     page.screenshot(path=str(folder / f"lab-{name}.png"))
 
 
 def test_generate_streams_text_into_the_page(page, tmp_path):
-    page.fill("#gen-prefix", "the time machine")
-    page.fill("#gen-seed", "4")
-    page.click("#gen-go")
-    _wait_for(page, "document.querySelector('#gen-status').textContent === 'done'")
+    generate_in_page(page, prefix="the time machine", seed=4)
     texts = page.locator("#gen-out pre").all_inner_texts()
     assert len(texts) == 2 and all(t.startswith("the time machine") and len(t) == 316
                                    for t in texts)
@@ -152,10 +163,7 @@ def test_hostile_tokens_and_names_appear_as_text_and_run_nothing(hostile_run, br
         page.goto(url + "/")
         page.wait_for_selector("#run option", state="attached")
         assert page.locator("#run option").first.inner_text() == out.name   # run name
-        page.fill("#gen-prefix", "hello")                            # generated text
-        page.fill("#gen-length", "40")
-        page.click("#gen-go")
-        _wait_for(page, "document.querySelector('#gen-status').textContent === 'done'")
+        generate_in_page(page, prefix="hello", length=40)            # generated text
         assert HOSTILE in page.inner_text("#gen-out")
         page.click("nav button[data-panel=read]")                  # tooltip: the guesses
         page.fill("#read-text", f"hello {HOSTILE} world")
@@ -203,13 +211,8 @@ def test_copies_of_the_training_text_are_underlined_with_where_they_occur(browse
                  "--sample-every", "0", "--end-on", "last", "--out", str(run)]) == 0
     proc, url = start_lab(run)
     try:
-        page = browser.new_page()
-        page.goto(url + "/")
-        page.wait_for_selector("#run option", state="attached")
-        page.fill("#gen-prefix", "His grey")
-        page.fill("#gen-length", "200")
-        page.click("#gen-go")
-        _wait_for(page, "document.querySelector('#gen-status').textContent === 'done'")
+        page = open_lab(browser, url)
+        generate_in_page(page, prefix="His grey", length=200)
         sample = page.inner_text("#gen-out pre")
         copies = page.locator("#gen-out pre u.copy")
         assert copies.count() >= 1 and len(sample) == len("His grey") + 200

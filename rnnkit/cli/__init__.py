@@ -13,7 +13,7 @@ import traceback
 
 from ..errors import Interrupted, RnnkitError, UsageError
 from . import corpus, serve, train, use
-from .args import Parser, did_you_mean
+from .args import Parser, did_you_mean, subcommand_parser
 from .train import new_config  # noqa: F401  (the settings of `rnnkit train`, for callers)
 
 SUBCOMMANDS = (train, use, serve, corpus)
@@ -31,11 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _usage_error(e: argparse.ArgumentError, argv: list[str]) -> UsageError:
-    command = next((a for a in argv if not a.startswith("-")), None)
-    prog = f"rnnkit {command}" if command else "rnnkit"
-    name = e.argument_name or ""
-    return UsageError(f"{name + ' ' if name else ''}{e.message} (see '{prog} --help')")
+def _usage_error(e: argparse.ArgumentError, parser, argv: list[str]) -> UsageError:
+    prog = subcommand_parser(parser, argv).prog
+    name, message = e.argument_name or "", e.message
+    if message.startswith("invalid choice: "):   # the subcommand's name: "no command 'x' (…)"
+        return UsageError(f"no {name} {message[len('invalid choice: '):]} (see '{prog} --help')")
+    return UsageError(f"{name + ' ' if name else ''}{message} (see '{prog} --help')")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             args = parser.parse_args(argv)
         except argparse.ArgumentError as e:
-            raise _usage_error(e, argv) from None
+            raise _usage_error(e, parser, argv) from None
         except UsageError as e:
             if "unrecognized arguments" not in str(e):
                 raise

@@ -39,12 +39,17 @@ def path(value: str) -> str:
     return value
 
 
+def subcommand_parser(parser: argparse.ArgumentParser, argv: list[str]):
+    """The parser of the subcommand `argv` names (the top-level one when it names none)."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    return sub.choices.get(command, parser) if sub is not None else parser
+
+
 def did_you_mean(parser: argparse.ArgumentParser, argv: list[str], message: str) -> str:
     """`message` about unrecognized flags, with the closest flag the subcommand has."""
     import difflib
-    command = next((a for a in argv if not a.startswith("-")), None)
-    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
-    target = sub.choices.get(command, parser) if sub is not None else parser
+    target = subcommand_parser(parser, argv)
     flags = [f for a in target._actions for f in a.option_strings]
     message = message.split(" (see ")[0]
     wrong = [w.split("=")[0] for w in message.split(":", 1)[-1].split() if w.startswith("--")]
