@@ -92,7 +92,7 @@ class Team:
             dist.destroy_process_group()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -104,7 +104,7 @@ def launch(nproc: int, argv: list[str], grace: float = 30.0) -> int:
 
     Returns rank 0's exit status (the first failure's if rank 0 succeeded). When a rank fails,
     the others would wait for it forever in a collective: they get SIGTERM, then SIGKILL."""
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
            "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     ranks = [subprocess.Popen([sys.executable, "-m", "rnnkit", *argv],

@@ -4,7 +4,6 @@ import base64
 import contextlib
 import json
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,16 +19,11 @@ import torch
 from rnnkit import lab
 from rnnkit.checkpoint import load_run
 from rnnkit.cli import main
+from rnnkit.distributed import free_port
 from rnnkit.streams import StreamEngine
 
 TEXT = ("The Time Traveller (for so it will be convenient to speak of him) was expounding a "
         "recondite matter to us.")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_lab(*run_dirs, host="127.0.0.1", args=(), stderr=subprocess.PIPE):
