@@ -99,6 +99,13 @@ def test_a_run_that_stops_early_says_so_and_when(tmp_path, capsys):
     # (weights that cannot move: the second epoch is no better than the first)
     assert "stopped early after epoch 2 of 50: no better validation for 1 epochs (--patience)" \
         in out.splitlines()
+    # resumed to train longer, it gets its patience again, and says so
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "60", "--patience", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert ("resumed     at epoch 3, batch 1; it had stopped early (1 epoch without a better "
+            "validation), so --patience 2 counts again from here") in out
+    assert "stopped early after epoch 4 of 60: no better validation for 2 epochs (--patience)" \
+        in out
     assert main(["train", "--hidden", "16", "--max-tokens", "2000", "--sample-every", "0",
                  "--time-budget", "0.01", "--json", "--out", str(tmp_path / "t")]) == 0
     import json
@@ -122,3 +129,63 @@ def test_a_run_in_use_says_so_before_anything_else(tmp_path, capsys):
     finally:
         lock.release()
     assert main(["train", *TINY, "--resume", "--out", str(run), "--epochs", "2"]) == 0
+
+
+def test_eval_speaks_json_with_the_figures_and_settings(tmp_path, capsys):
+    import json
+    import math
+    run = tmp_path / "r"
+    assert main(["train", *TINY, "--out", str(run)]) == 0
+    assert main(["eval", str(run)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert main(["eval", str(run), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert line.startswith(f"perplexity {got['perplexity']:.3f}, {got['bits_per_token']:.4f} bits")
+    assert math.isclose(got["perplexity"], math.exp(got["nats_per_token"]))
+    assert got["tokens"] > 0 and got["settings"]["split"] == "val"
+    assert got["settings"]["weights"] == "last"
+    assert main(["eval", str(run), "--samples", "2", "--num-chars", "30", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["samples"] == 2 and got["settings"]["seed"] == 0
+    assert 0 <= got["copied_share"]["mean"] <= got["copied_share"]["max"] <= 1
+
+
+def test_beam_samples_with_newlines_stay_one_json_line_each(tmp_path, capsys):
+    import json
+    notes = tmp_path / "notes.txt"
+    notes.write_text("ab\ncd\n" * 400)
+    run = tmp_path / "r"
+    assert main(["train", *TINY, "--corpus", str(notes), "--clean", "none", "--prefix", "a",
+                 "--val-fraction", "0.1", "--lr", "3", "--epochs", "30",
+                 "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(run), "--prefix", "a", "--beam", "4", "--num-samples", "3",
+                 "--num-chars", "8", "--json"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    samples = [json.loads(line) for line in lines]
+    assert len(samples) == 3 and any("\n" in s["text"] for s in samples)
+    assert [s["log_prob"] for s in samples] == sorted((s["log_prob"] for s in samples),
+                                                      reverse=True)
+
+
+def test_durations_read_as_a_person_says_them():
+    from rnnkit.run.report import duration
+    assert [duration(s) for s in (0.4, 42, 185, 7800, float("nan"))] == ["0 s", "42 s", "3 min 5 s",
+        "2 h 10 min", "?"]
+
+
+@pytest.mark.parametrize("delay", [0.1, 0.25, 0.5, 1.0])
+def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(delay, tmp_path):
+    """During the imports (torch takes a while), the setup or the training alike."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    proc = subprocess.Popen([sys.executable, "-m", "rnnkit", "train", "--epochs", "3",
+                             "--max-tokens", "20000", "--out", str(tmp_path / "r")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1].strip().splitlines()
+    assert proc.returncode == 130, err
+    assert len(err) == 1 and err[0].startswith("rnnkit: error: "), err

@@ -127,5 +127,6 @@ def test_the_first_lines_say_what_the_run_will_do(tmp_path, capsys):
     assert fields["model"].startswith("GRU (from scratch, hand-derived BPTT), 16 hidden")
     assert re.search(r": [\d,]+ parameters$", fields["model"])
     assert fields["device"] == "cpu, fp32"
-    assert re.search(r"≈ \d+\.\d\d s an epoch", fields["training"])
+    assert re.search(r"≈ \d+\.\d\d s an epoch \(2 batches timed\), ≈ (\d+ h )?(\d+ min )?\d+ "
+                     r"(s|min) for all \d+$", fields["training"])
     assert "the run ends on its best weights" in fields["samples"]

@@ -56,6 +56,8 @@ def add_parsers(sub) -> None:
                         "0) compared with the training text")
     e.add_argument("--num-chars", type=int, default=200,
                    help="with --samples: tokens per sample (default: 200)")
+    e.add_argument("--json", action="store_true",
+                   help="one JSON object on stdout: the figures and the settings used")
     weights_flag(e)
     e.set_defaults(func=cmd_eval)
 
@@ -153,6 +155,17 @@ def cmd_eval(args) -> int:
     except ValueError as e:
         raise RnnkitError(f"{where}: {e}; give a longer text") from None
     mixed = run.model.mixture
+    if args.json:
+        print(json.dumps({
+            "perplexity": math.exp(loss / tokens), "nats_per_token": loss / tokens,
+            "bits_per_token": loss / tokens / math.log(2), "tokens": tokens,
+            "unknown_tokens": unk, "token": run.config.token,
+            "ngram": mixed["n"] if mixed else None,
+            "settings": {"run_dir": args.run_dir, "corpus": args.corpus,
+                         "split": None if args.corpus else args.split,
+                         "weights": args.weights or run.config.end_on, "ngram": args.ngram}},
+                         ensure_ascii=False))
+        return 0
     print(f"perplexity {math.exp(loss / tokens):.3f}, {loss / tokens / math.log(2):.4f} bits "
           f"per {run.config.token} on {where} ({tokens:,} tokens)" + (
               f"; the network with its {mixed['n']}-gram model mixed in (--no-ngram: the "
@@ -174,6 +187,17 @@ def recitation(args) -> int:
     longest = np.array([r.longest for r in reports])
     share = np.array([r.copied_share for r in reports])
     unit = "chars" if run.config.token == "char" else "words"
+    if args.json:
+        print(json.dumps({
+            "samples": len(reports), "longest": {"median": float(np.median(longest)),
+                                                 "p90": float(np.percentile(longest, 90)),
+                                                 "max": int(longest.max())},
+            "copied_share": {"mean": float(share.mean()), "max": float(share.max())},
+            "copy_min": reports[0].copy_min, "unit": unit,
+            "settings": {"run_dir": args.run_dir, "samples": args.samples,
+                         "num_chars": args.num_chars, "temperature": 1.0, "seed": 0,
+                         "weights": args.weights or run.config.end_on, "ngram": args.ngram}}))
+        return 0
     print(f"copies in {len(reports)} samples of {args.num_chars} {unit} (temperature 1): longest "
           f"median {np.median(longest):.0f}, p90 {np.percentile(longest, 90):.0f}, max "
           f"{longest.max()} {unit}; copied share mean {100 * share.mean():.1f}%, max "

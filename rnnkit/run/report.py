@@ -2,6 +2,7 @@
 metrics.jsonl, perplexity.png and the closing summary. Silent on every rank but 0.
 """
 from __future__ import annotations
+import math
 
 import json
 import sys
@@ -117,6 +118,18 @@ class Reporter:
                   f"{copies['copy_min']}+ {unit}", file=self.stdout)
 
 
+def duration(seconds: float) -> str:
+    """42 s, 3 min 5 s, 2 h 10 min: how long, as a person says it ("?" when not measured)."""
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
 def describe(run: Training, seconds_per_epoch: float) -> list[str]:
     """The first lines of a run: what it will train on, what, where and for how long
     (`seconds_per_epoch`: measured by `setup.seconds_per_epoch`)."""
@@ -148,7 +161,8 @@ def describe(run: Training, seconds_per_epoch: float) -> list[str]:
         f"device      {run.team.device}, {c.precision}" + (
             f", {run.team.world} processes" if run.team.world > 1 else ""),
         f"training    {until}; {batches:,} batches of {c.batch_size} x {c.num_steps} an "
-        f"epoch, ≈ {seconds_per_epoch:.2f} s an epoch (2 batches timed)",
+        f"epoch, ≈ {seconds_per_epoch:.2f} s an epoch (2 batches timed), "
+        f"≈ {duration(seconds_per_epoch * c.epochs)} for all {c.epochs}",
         f"samples     from {c.prefix!r}" + (f" every {c.sample_every} epochs"
                                             if c.sample_every else " at the end") +
         f"; the run ends on its {c.end_on} weights",

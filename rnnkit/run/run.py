@@ -184,6 +184,7 @@ class Run:
 
     def _train(self, config: TrainConfig, team: Team, *, force: bool, json_lines: bool,
                checkpoint_every: float, stdout) -> dict:
+        saved_patience = self.config.patience         # what the run had when it stopped
         t = setup_training(config, team, self.vocab)
         self.config, self.vocab, self.slices, self.model = t.config, t.vocab, t.slices, t.model
         header = []
@@ -197,7 +198,8 @@ class Run:
                               sample_every=t.config.sample_every, samples=lambda: samples(t),
                               json_lines=json_lines, stdout=stdout, active=team.main)
             if self.exists:
-                header.append(f"resumed     at epoch {state.epoch + 1}, batch {state.batch + 1}")
+                header.append(f"resumed     at epoch {state.epoch + 1}, batch {state.batch + 1}"
+                              + _patience_afresh(saved_patience, t.config, state))
             for line in header:
                 report.line(line)
             report.start(state.metrics)
@@ -277,3 +279,13 @@ def _started(t: Training, rundir: RunDirectory) -> tuple[RunState, Checkpointer]
         rundir.publish()
         checkpoints.out = rundir.out
     return state, checkpoints
+
+
+def _patience_afresh(saved_patience: int, config: TrainConfig, state: RunState) -> str:
+    """A run that stopped on its --patience and is resumed (to train longer) gets its patience
+    again; otherwise it would stop after one more epoch without a word."""
+    if not (saved_patience and config.patience and state.epochs_since_best >= saved_patience):
+        return ""
+    waited, state.epochs_since_best = state.epochs_since_best, 0
+    return (f"; it had stopped early ({waited} epoch{'s' * (waited != 1)} without a better "
+            f"validation), so --patience {config.patience} counts again from here")
