@@ -170,8 +170,8 @@ def test_beam_samples_with_newlines_stay_one_json_line_each(tmp_path, capsys):
 
 def test_durations_read_as_a_person_says_them():
     from rnnkit.run.report import duration
-    assert [duration(s) for s in (0.4, 42, 185, 7800, float("nan"))] == ["0 s", "42 s", "3 min 5 s",
-        "2 h 10 min", "?"]
+    assert [duration(s) for s in (0.4, 42, 185, 7800, float("nan"))] == \
+        ["0 s", "42 s", "3 min 5 s", "2 h 10 min", "?"]
 
 
 @pytest.mark.parametrize("delay", [0.1, 0.25, 0.5, 1.0])

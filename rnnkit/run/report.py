@@ -2,9 +2,9 @@
 metrics.jsonl, perplexity.png and the closing summary. Silent on every rank but 0.
 """
 from __future__ import annotations
-import math
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Callable
