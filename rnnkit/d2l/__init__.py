@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import data as _data
-from . import generate as _generate
-from . import text as _text
-from .text import Vocab, count_corpus, tokenize  # noqa: F401  (the book's names)
+from .. import data as _data
+from .. import generate as _generate
+from .. import text as _text
+from ..text import Vocab, count_corpus, tokenize  # noqa: F401  (the book's names)
 
-from .errors import RnnkitError
+from ..errors import RnnkitError
 
 __all__ = ["read_time_machine", "tokenize", "Vocab", "count_corpus", "load_corpus_time_machine",
            "seq_data_iter_random", "seq_data_iter_sequential", "SeqDataLoader",
@@ -33,7 +33,12 @@ __all__ = ["read_time_machine", "tokenize", "Vocab", "count_corpus", "load_corpu
            "predict_ch8", "grad_clipping", "sgd", "train_epoch_ch8", "train_ch8", "RNNModel",
            "try_gpu", "try_all_gpus", "Timer", "Accumulator", "Animator", "plot", "set_figsize",
            "use_svg_display", "set_axes", "DATA_HUB", "DATA_URL", "download", "load_array",
-           "evaluate_loss", "linreg", "squared_loss"]
+           "evaluate_loss", "linreg", "squared_loss", "download_extract", "extract",
+           # chapter 9 (d2l-zh): bidirectional RNNs through beam search (rnnkit/d2l/seq2seq.py)
+           "read_data_nmt", "preprocess_nmt", "tokenize_nmt", "show_list_len_pair_hist",
+           "truncate_pad", "build_array_nmt", "load_data_nmt", "Encoder", "Decoder",
+           "EncoderDecoder", "Seq2SeqEncoder", "sequence_mask", "MaskedSoftmaxCELoss",
+           "train_seq2seq", "predict_seq2seq", "bleu"]
 
 
 # ---- text and data (rnnkit.text, rnnkit.data) --------------------------------------------
@@ -301,21 +306,56 @@ class DownloadError(RnnkitError):
     what to do."""
 
 
-def download(name, cache_dir=os.path.join("..", "data")):
-    """The local path of `DATA_HUB[name]`, downloaded into `cache_dir` once and sha1-checked.
-    The Time Machine (the chapter's sha1) comes from rnnkit's own copy: no network needed."""
-    if name not in DATA_HUB:
-        raise DownloadError(f"{name!r} is not in d2l.DATA_HUB (it has {sorted(DATA_HUB)}); "
-                            f"register it first: d2l.DATA_HUB[{name!r}] = (url, sha1)")
-    url, sha1 = DATA_HUB[name]
+def fetch(url: str, sha1: str | None, folder: str) -> str:
+    """The local path of `url` in `folder`, downloaded once and sha1-checked (both editions'
+    `download` come here). The Time Machine (the book's sha1) is rnnkit's own copy: offline."""
     if sha1 == _data.TIME_MACHINE_SHA1:
         bundled = Path(_data.__file__).parent / "data" / "timemachine.txt"
         if bundled.is_file():
             return str(bundled)
+    target = Path(folder) / url.rstrip("/").split("/")[-1]
+    if sha1 is None and target.is_file():
+        return str(target)
     try:
-        return str(_data.download(url, sha1, cache_dir, timeout=15))
+        return str(_data.download(url, sha1, folder, timeout=15))
     except RnnkitError as e:
-        raise DownloadError(f"cannot get {name!r}: {e}") from None
+        raise DownloadError(f"cannot get {target.name!r}: {e}") from None
+
+
+def download(name, cache_dir=os.path.join("..", "data")):
+    """The local path of `DATA_HUB[name]`, downloaded into `cache_dir` once and sha1-checked."""
+    if name not in DATA_HUB:
+        raise DownloadError(f"{name!r} is not in d2l.DATA_HUB (it has {sorted(DATA_HUB)}); "
+                            f"register it first: d2l.DATA_HUB[{name!r}] = (url, sha1)")
+    url, sha1 = DATA_HUB[name]
+    try:
+        return fetch(url, sha1, cache_dir)
+    except DownloadError as e:
+        raise DownloadError(str(e).replace(f"cannot get {url.split('/')[-1]!r}",
+                                           f"cannot get {name!r}", 1)) from None
+
+
+def extract(filename, folder=None) -> str:
+    """Unpack a .zip or .tar(.gz) file next to it (or into `folder`); returns where."""
+    import tarfile
+    import zipfile
+    base = folder or os.path.dirname(filename)
+    if filename.endswith(".zip"):
+        with zipfile.ZipFile(filename) as z:
+            z.extractall(base)
+    elif filename.endswith((".tar", ".gz", ".tgz")):
+        with tarfile.open(filename) as t:    # no member may land outside `base`
+            t.extractall(base, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    else:
+        raise DownloadError(f"{filename}: only .zip and .tar files can be extracted")
+    return base
+
+
+def download_extract(name, folder=None):
+    """`download` a .zip/.tar of DATA_HUB and unpack it; returns its folder (or `folder` in it)."""
+    fname = download(name)
+    base = extract(fname)
+    return os.path.join(base, folder) if folder else os.path.splitext(fname)[0]
 
 
 def load_array(data_arrays, batch_size, is_train=True):
@@ -557,3 +597,11 @@ def transpose(x, *args, **kwargs):
 
 def reduce_mean(x, *args, **kwargs):
     return x.mean(*args, **kwargs)
+
+
+from .seq2seq import (  # noqa: E402  (chapter 9, on the names above)
+    Decoder, Encoder, EncoderDecoder, MaskedSoftmaxCELoss, Seq2SeqEncoder, bleu,
+    build_array_nmt, load_data_nmt, predict_seq2seq, preprocess_nmt, read_data_nmt,
+    sequence_mask, show_list_len_pair_hist, tokenize_nmt, train_seq2seq, truncate_pad)
+
+DATA_HUB["fra-eng"] = (DATA_URL + "fra-eng.zip", "94646ad1522d915e7b0f9296181140edcf86a4f5")
