@@ -3,9 +3,12 @@ import torch
 
 
 @pytest.fixture(autouse=True)
-def _deterministic_threads():
-    # small tensors: one thread keeps tests fast and bitwise reproducible
+def _deterministic_threads(monkeypatch):
+    # small tensors: one thread keeps tests fast and bitwise reproducible; the processes tests
+    # start (rnnkit commands, Jupyter kernels) get one too — two threads a process on two
+    # shared cores wait on each other at every small GEMM and run many times slower
     torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     yield
 
 
