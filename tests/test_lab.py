@@ -19,7 +19,6 @@ import torch
 from rnnkit import lab
 from rnnkit.checkpoint import load_run
 from rnnkit.cli import main
-from rnnkit.distributed import free_port
 from rnnkit.streams import StreamEngine
 
 TEXT = ("The Time Traveller (for so it will be convenient to speak of him) was expounding a "
