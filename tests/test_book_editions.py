@@ -304,6 +304,19 @@ def test_save_hyperparameters_reads_the_callers_arguments():
     assert not hasattr(b, "skip") and not hasattr(b, "_private")
 
 
+def test_a_classifier_scores_accuracy_and_cross_entropy_over_all_positions():
+    import torch
+
+    from rnnkit.d2l import v1
+    logits = torch.tensor([[[2.0, 0.0], [0.0, 1.0]], [[0.0, 3.0], [1.0, 0.0]]])   # (B, T, C)
+    labels = torch.tensor([[0, 0], [1, 1]])
+    model = v1.Classifier()
+    assert float(model.accuracy(logits, labels)) == 0.5
+    assert model.accuracy(logits, labels, averaged=False).tolist() == [1.0, 0.0, 1.0, 0.0]
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 2), labels.reshape(-1))
+    assert torch.allclose(model.loss(logits, labels), expected)
+
+
 def test_a_script_gets_the_progress_as_a_png_and_keeps_its_backend(tmp_path, monkeypatch):
     import matplotlib
 
