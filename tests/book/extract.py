@@ -80,7 +80,7 @@ INTRO = ("The PyTorch code of *Dive into Deep Learning* (the English edition, d2
          "-e '.[notebook]'` (rnnkit is not on the package index; the `notebook` extra adds the "
          "kernel), then open this file in your Jupyter with that kernel — or `.venv/bin/pip "
          "install jupyterlab` and `.venv/bin/jupyter lab notebooks/`. Nothing is downloaded: The "
-         "Time Machine ships with rnnkit. The training runs the book's 100 epochs (a few minutes "
+         "Time Machine ships with rnnkit. The training runs the book's 100 epochs (under a minute "
          "on 2 CPU cores); change `max_epochs=100` to `max_epochs=10` for a quick look.")
 
 
