@@ -19,8 +19,10 @@ BOOK_SHA1 = "94646ad1522d915e7b0f9296181140edcf86a4f5"          # the book's fra
 IMPORT = {"en": "from rnnkit.d2l import v1 as d2l", "zh": "from rnnkit import d2l"}
 SHORTER = {  # the sizes the tests run at: (what the book says, what runs here)
     "en": [("max_epochs=100", "max_epochs=2"), ("max_epochs=50", "max_epochs=2"),
-           ("max_epochs=30", "max_epochs=2"), ("max_epochs=5", "max_epochs=2")],
-    "zh": [("num_epochs, lr = 500, 1", "num_epochs, lr = 3, 1"),
+           ("max_epochs=30", "max_epochs=2"), ("max_epochs=5", "max_epochs=2"),
+           ("TimeMachine(batch_size=1024, num_steps=32)",   # 2 of its 10 training batches
+            "TimeMachine(batch_size=1024, num_steps=32, num_train=2048, num_val=1024)")],
+    "zh": [("num_epochs, lr = 500, 1", "num_epochs, lr = 2, 1"),
            ("lr, num_epochs, device = 0.005, 300,", "lr, num_epochs, device = 0.005, 10,")],
 }
 # the board's curves of the model a notebook trained last: the first and last point of each
@@ -111,7 +113,7 @@ def test_the_chinese_editions_chapter_9_runs_with_only_its_import_changed(name, 
         trains = [c for c in nb.cells if ("train_ch8(" in c.source or "train_seq2seq(" in
                                            c.source) and "def " not in c.source]
         assert trains
-        if name == "seq2seq":        # drawn inline every 10 epochs (bi-rnn runs 3 here)
+        if name == "seq2seq":        # drawn inline every 10 epochs (bi-rnn runs 2 here)
             assert all(any("image/png" in o.get("data", {}) for o in c.outputs) for c in trains)
         final = [float(line.split()[1].rstrip(",")) for line in text.splitlines()
                  if line.startswith(("perplexity ", "loss "))]
@@ -270,7 +272,8 @@ def test_the_english_notebooks_run_in_a_real_kernel_with_inline_plots(tmp_path):
         source = "\n".join(c.source for c in code)
         assert "from rnnkit.d2l import v1 as d2l" in source and "tab." not in source
         for cell in code:
-            cell.source = cell.source.replace("max_epochs=100", "max_epochs=2")
+            for book, here in SHORTER["en"]:
+                cell.source = cell.source.replace(book, here)
         NotebookClient(nb, timeout=600, kernel_name="python3").execute(cwd=str(tmp_path))
         fits = [c for c in code if "trainer.fit(" in c.source]
         assert fits and all(sum("image/png" in o.get("data", {}) for o in c.outputs) == 1

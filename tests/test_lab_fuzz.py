@@ -7,7 +7,7 @@ from lab_fuzz import check_answer, lab_requests
 from test_lab import runs, server  # noqa: F401  (the shared fixtures)
 
 
-@settings(max_examples=150, deadline=None, database=None,
+@settings(max_examples=100, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])
 @given(request=lab_requests())

@@ -16,7 +16,7 @@ import pytest
 from rnnkit.distributed import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-EPOCHS, MORE_EPOCHS, BUDGET = 2, 3, 10      # for every `rnnkit train`; a resume gets one more
+EPOCHS, MORE_EPOCHS, BUDGET = 2, 3, 5      # for every `rnnkit train`; a resume gets one more
 SNIPPET_SIZES = {"range(50)": "range(2)", "epochs=20": "epochs=2", '{"epochs": 30}': '{"epochs": 3}'}
 NOT_RUN = {  # a line holding this is left out, for this reason
     "pytest": "the test suite: this test runs inside it",
@@ -116,7 +116,7 @@ def test_the_readme_cut_cases():
     assert cut("rnnkit train --epochs 50 --out runs/tm   # the chapter", ports) == \
         "rnnkit train --epochs 50 --out runs/tm --epochs 2   # the chapter"
     assert cut("rnnkit train --resume runs/tm --epochs 100", ports).endswith("--epochs 3")
-    assert "--time-budget 10 " in cut("rnnkit train --time-budget 300 --out x", ports)
+    assert "--time-budget 5 " in cut("rnnkit train --time-budget 300 --out x", ports)
     assert cut("rnnkit serve runs/tm  # lab", ports) == \
         "rnnkit serve runs/tm --port 18001 2>>serve.log & servers+=($!); up 18001  # lab"
     assert cut("curl localhost:8000/api/runs", ports) == \
