@@ -146,7 +146,8 @@ class MaskedSoftmaxCELoss(nn.CrossEntropyLoss):
         return (unweighted * weights).mean(dim=1)
 
 
-def _xavier(m):
+def init_seq2seq(m):
+    """Xavier-uniform weights for the Linear and GRU layers of a seq2seq model."""
     if type(m) is nn.Linear:
         nn.init.xavier_uniform_(m.weight)
     if type(m) is nn.GRU:
@@ -158,7 +159,7 @@ def _xavier(m):
 def train_seq2seq(net, data_iter, lr, num_epochs, tgt_vocab, device):
     """Adam on the masked loss with teacher forcing (<bos> + the target, shifted), Xavier
     initialisation, gradients clipped to norm 1; plots the loss every 10 epochs."""
-    net.apply(_xavier)
+    net.apply(init_seq2seq)
     net.to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     loss = MaskedSoftmaxCELoss()

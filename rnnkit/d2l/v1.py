@@ -21,7 +21,8 @@ from torch.nn import functional as F
 
 from . import (DATA_URL, Accumulator, DownloadError, Timer, extract, fetch,  # noqa: F401
                in_notebook, plot, set_axes, set_figsize, use_svg_display)
-from .seq2seq import bleu, show_list_len_pair_hist  # noqa: F401  (the same in both editions)
+from .seq2seq import (Decoder, Encoder, bleu, init_seq2seq,  # noqa: F401  (both editions')
+                      preprocess_nmt, show_list_len_pair_hist)
 
 DATA_HUB: dict[str, tuple[str, str]] = {}
 
@@ -35,52 +36,14 @@ def __getattr__(name):
     raise AttributeError(f"module 'rnnkit.d2l.v1' has no attribute {name!r}")
 
 
-# ---- the framework aliases of d2l 1.0 ------------------------------------------------------
-nn_Module = nn.Module
-ones_like, ones, zeros_like, zeros = torch.ones_like, torch.ones, torch.zeros_like, torch.zeros
-tensor, arange, meshgrid = torch.tensor, torch.arange, torch.meshgrid
-sin, sinh, cos, cosh, tanh = torch.sin, torch.sinh, torch.cos, torch.cosh, torch.tanh
-linspace, exp, log, normal = torch.linspace, torch.exp, torch.log, torch.normal
-rand, randn, matmul = torch.rand, torch.randn, torch.matmul
-int32, int64, float32 = torch.int32, torch.int64, torch.float32
-concat, stack, abs, eye = torch.cat, torch.stack, torch.abs, torch.eye
+# ---- the framework aliases of d2l 1.0: 0.17's (shared), and those 1.0 added ----------------
+from . import (abs, arange, argmax, astype, concat, cos, cosh, exp, eye,  # noqa: E402,F401
+               float32, int32, linspace, log, matmul, meshgrid, nn_Module, normal, numpy,
+               ones, rand, randn, reduce_mean, reduce_sum, reshape, sin, sinh, size, stack,
+               tanh, tensor, to, transpose, zeros)
+
+ones_like, zeros_like, int64 = torch.ones_like, torch.zeros_like, torch.int64
 sigmoid, batch_matmul = torch.sigmoid, torch.bmm
-
-
-def numpy(x, *args, **kwargs):
-    return x.detach().numpy(*args, **kwargs)
-
-
-def size(x, *args, **kwargs):
-    return x.numel(*args, **kwargs)
-
-
-def reshape(x, *args, **kwargs):
-    return x.reshape(*args, **kwargs)
-
-
-def to(x, *args, **kwargs):
-    return x.to(*args, **kwargs)
-
-
-def reduce_sum(x, *args, **kwargs):
-    return x.sum(*args, **kwargs)
-
-
-def argmax(x, *args, **kwargs):
-    return x.argmax(*args, **kwargs)
-
-
-def astype(x, *args, **kwargs):
-    return x.type(*args, **kwargs)
-
-
-def transpose(x, *args, **kwargs):
-    return x.t(*args, **kwargs)
-
-
-def reduce_mean(x, *args, **kwargs):
-    return x.mean(*args, **kwargs)
 
 
 def expand_dims(x, *args, **kwargs):
@@ -609,9 +572,7 @@ class MTFraEng(DataModule):
             return f.read()
 
     def _preprocess(self, text):
-        text = text.replace("\u202f", " ").replace("\xa0", " ").lower()
-        return "".join(" " + ch if i > 0 and ch in ",.!?" and text[i - 1] != " " else ch
-                       for i, ch in enumerate(text))
+        return preprocess_nmt(text)               # the same cleaning in both editions
 
     def _tokenize(self, text, max_examples=None):
         src, tgt = [], []
@@ -658,23 +619,6 @@ class MTFraEng(DataModule):
         return arrays
 
 
-class Encoder(nn.Module):
-    """Reads a source sequence into whatever the decoder starts from."""
-
-    def forward(self, X, *args):
-        raise NotImplementedError
-
-
-class Decoder(nn.Module):
-    """Turns the encoder's outputs into a state, then writes the target a step at a time."""
-
-    def init_state(self, enc_all_outputs, *args):
-        raise NotImplementedError
-
-    def forward(self, X, state):
-        raise NotImplementedError
-
-
 class EncoderDecoder(Classifier):
     """An encoder and a decoder trained as a classifier over target tokens."""
 
@@ -699,16 +643,6 @@ class EncoderDecoder(Classifier):
             if save_attention_weights:
                 attention_weights.append(self.decoder.attention_weights)
         return concat(outputs[1:], 1), attention_weights
-
-
-def init_seq2seq(module):
-    """Xavier-uniform weights for the Linear and GRU layers of a seq2seq model."""
-    if type(module) is nn.Linear:
-        nn.init.xavier_uniform_(module.weight)
-    if type(module) is nn.GRU:
-        for name in module._flat_weights_names:
-            if "weight" in name:
-                nn.init.xavier_uniform_(module._parameters[name])
 
 
 class Seq2SeqEncoder(Encoder):
