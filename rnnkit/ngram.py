@@ -76,6 +76,10 @@ class CountTable:
     def dense(self, j: np.ndarray) -> np.ndarray:
         """Counts of every token after the contexts at indices `j`: (M, V)."""
         lo, hi = self.starts[j], self.starts[j + 1]
+        if len(j) == 1:                  # one context (generation): a slice, the same values
+            out = np.zeros((1, self.vocab_size))
+            out[0, self.keys[lo[0]:hi[0]] % self.vocab_size] = self.counts[lo[0]:hi[0]]
+            return out
         lengths = hi - lo                                                 # (M,) tokens seen
         rows = np.repeat(np.arange(len(j)), lengths)                      # (Σ lengths,)
         pairs = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths) \
@@ -216,8 +220,11 @@ def windows(history: torch.Tensor, X: torch.Tensor, length: int
     `history` holds id + 1 (0: none), so that a zeroed state is an empty history."""
     seq = torch.cat([history, X + 1], dim=1).cpu().numpy().astype(np.int64) - 1  # (B, L + T)
     B, T = X.shape
-    step = np.lib.stride_tricks.sliding_window_view(seq, length, axis=1)[:, 1:]  # (B, T, L)
-    contexts = step.transpose(1, 0, 2).reshape(T * B, length)             # (T·B, L) time-major
+    if T == 1:                                      # a generation step: the last L ids
+        contexts = seq[:, 1:]                                             # (B, L)
+    else:
+        step = np.lib.stride_tricks.sliding_window_view(seq, length, axis=1)[:, 1:]  # (B,T,L)
+        contexts = step.transpose(1, 0, 2).reshape(T * B, length)         # (T·B, L) time-major
     return contexts, torch.as_tensor(seq[:, seq.shape[1] - length:] + 1).to(history.device)
 
 
@@ -248,6 +255,7 @@ class NgramMixture(LanguageModel):
         if weights.shape != (BUCKETS,) or not ((weights >= 0) & (weights <= 1)).all():
             raise ValueError(f"the mixing weights must be {BUCKETS} numbers in [0, 1]")
         self.net, self.ngram, self.weights = network, ngram, weights
+        self._cache: dict[bytes, tuple[np.ndarray, float]] = {}  # context → (p_kn, λ): counted()
 
     @property
     def network(self) -> LanguageModel:
@@ -289,10 +297,29 @@ class NgramMixture(LanguageModel):
         for lo in range(0, T * B, rows):
             part = slice(lo, lo + rows)
             p_net = torch.softmax(flat[part].double(), -1).numpy()        # (R, V)
-            p_kn = self.ngram.next_probs(contexts[part])                  # (R, V)
-            lam = self.weights[self.ngram.evidence(contexts[part])][:, None]  # (R, 1)
+            p_kn, lam = self.counted(contexts[part])                      # (R, V), (R, 1)
             out[part] = torch.from_numpy(np.log(lam * p_net + (1 - lam) * p_kn))
         return out.reshape(T, B, V).to(logits.device), history
+
+    def counted(self, contexts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The Kneser–Ney side of context rows (R, order): p_kn (R, V) and λ (R, 1). Generation
+        asks for a few rows a step, and for the same contexts again and again: those come from
+        a cache, each row as `next_probs` computes it alone (rows are independent, so the
+        values are the same either way)."""
+        if len(contexts) > CACHED_ROWS_AT_ONCE:                      # evaluation: no reuse
+            return (self.ngram.next_probs(contexts),
+                    self.weights[self.ngram.evidence(contexts)][:, None])
+        keys = [row.tobytes() for row in contexts]
+        missing = [i for i, key in enumerate(keys) if key not in self._cache]
+        if missing:
+            rows = contexts[missing]
+            p_kn, lam = self.ngram.next_probs(rows), self.weights[self.ngram.evidence(rows)]
+            if len(self._cache) + len(missing) > max(64, CACHE_VALUES // self.ngram.vocab_size):
+                self._cache.clear()                                  # bounded memory
+            for j, i in enumerate(missing):
+                self._cache[keys[i]] = (p_kn[j], lam[j])
+        found = [self._cache[key] for key in keys]
+        return np.stack([p for p, _ in found]), np.array([lam for _, lam in found])[:, None]
 
     def mix_trace(self, logits: np.ndarray, ids: list[int]) -> np.ndarray:
         """The mixture's log-probabilities (T, V) along one text read from the start, given
@@ -302,6 +329,8 @@ class NgramMixture(LanguageModel):
         return self.mix(torch.from_numpy(logits)[:, None, :], X, empty)[0][:, 0].numpy()
 
 
+CACHED_ROWS_AT_ONCE = 64    # contexts a mixing call may take from the cache (generation: few)
+CACHE_VALUES = 1 << 22      # probabilities the cache holds at most (32 MB)
 FIT_TOKENS = 1 << 20        # validation tokens the weights are fitted on (16 weights need few)
 COUNT_TOKENS = 1 << 24      # training tokens counted (the tables grow with the text)
 

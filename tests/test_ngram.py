@@ -297,3 +297,29 @@ def test_without_a_validation_slice_there_is_nothing_to_fit_and_the_run_says_so(
     assert "--ngram needs a validation slice" in capsys.readouterr().out
     assert not (out / "ngram.safetensors").exists()
     assert main(["generate", str(out), "--num-chars", "5"]) == 0
+
+
+def test_generation_with_the_cached_counts_is_exactly_the_uncached_mixture(monkeypatch):
+    """The cache of counted contexts, the one-row dense counts and the one-step windows are
+    shortcuts: a step by step read gives bitwise the log-probabilities of one whole read."""
+    from rnnkit import ngram
+    from rnnkit.generate import beam_search, generate_ids
+    mixture, ids = _mixture(order=3)
+    X = torch.as_tensor(ids[:60])[None, :]                                 # (1, 60)
+    monkeypatch.setattr(ngram, "CACHED_ROWS_AT_ONCE", 0)                  # nothing cached
+    whole, _ = mixture(X, mixture.begin_state(1))                          # (60, 1, V)
+    greedy = generate_ids(mixture, ids[:5].tolist(), 80)
+    sampled = generate_ids(mixture, ids[:5].tolist(), 80, num_samples=3, temperature=1.0, seed=1)
+    beams = beam_search(mixture, ids[:5].tolist(), 20, beam=4)
+    monkeypatch.setattr(ngram, "CACHED_ROWS_AT_ONCE", 64)
+    for _ in range(2):                                                     # cold, then warm
+        state, steps = mixture.begin_state(1), []
+        for t in range(X.shape[1]):                                        # one step at a time
+            logits, state = mixture(X[:, t:t + 1], state)
+            steps.append(logits)
+        assert torch.equal(torch.cat(steps), whole)
+        assert torch.equal(generate_ids(mixture, ids[:5].tolist(), 80), greedy)
+        assert torch.equal(generate_ids(mixture, ids[:5].tolist(), 80, num_samples=3,
+                                        temperature=1.0, seed=1), sampled)
+        assert beam_search(mixture, ids[:5].tolist(), 20, beam=4) == beams
+    assert mixture._cache                                                  # it was used
