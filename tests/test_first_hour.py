@@ -189,3 +189,22 @@ def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(delay, tmp_path):
     err = proc.communicate(timeout=60)[1].strip().splitlines()
     assert proc.returncode == 130, err
     assert len(err) == 1 and err[0].startswith("rnnkit: error: "), err
+
+
+def test_small_generation_steps_run_on_one_thread(tmp_path, capsys, monkeypatch):
+    """One stream, a beam or a few samples: one torch thread (perf.threads_for), so that a
+    busy core does not stall every step; many streams keep the cores."""
+    import torch
+
+    from rnnkit.perf import SMALL_ROWS, threads_for
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)        # as on a 2-core machine
+    assert threads_for(1) == threads_for(SMALL_ROWS) == 1
+    assert threads_for(SMALL_ROWS + 1) == 2
+    run = tmp_path / "r"
+    assert main(["train", *TINY, "--out", str(run)]) == 0
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", seen.append)
+    for args in (["--num-chars", "5"], ["--beam", "4", "--num-chars", "5"],
+                 ["--num-samples", "64", "--temperature", "1", "--num-chars", "5"]):
+        assert main(["generate", str(run), *args]) == 0
+    assert seen == [1, 1, 2]

@@ -52,6 +52,11 @@ def cmd_serve(args) -> int:
     def ready(url: str) -> None:
         print(f"rnnkit lab: {url}  (runs: {', '.join(args.run_dirs)}; Ctrl-C stops it)",
               flush=True)
+    import torch
+
+    from ..perf import threads_for
+    from ..streams import StreamEngine
+    torch.set_num_threads(threads_for(StreamEngine.BLOCK))  # steps of 16 rows: one thread
     try:
         serve(args.run_dirs, args.host, args.port, allow_hosts=tuple(args.allow_host),
               ready=ready)

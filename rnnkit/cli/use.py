@@ -62,6 +62,14 @@ def add_parsers(sub) -> None:
     e.set_defaults(func=cmd_eval)
 
 
+def _threads_for_rows(rows: int) -> None:
+    """Small steps (one stream, a beam) run on one thread: see perf.threads_for."""
+    import torch
+
+    from ..perf import threads_for
+    torch.set_num_threads(threads_for(rows))
+
+
 def _open(args):
     from ..run import Run
     return Run.open(args.run_dir, weights=args.weights, ngram=args.ngram)
@@ -79,6 +87,7 @@ def cmd_generate(args) -> int:
         check_sampling(vars(args), LIMITS, lambda name: "--" + name.replace("_", "-"))
     except ValueError as e:
         raise UsageError(str(e)) from None
+    _threads_for_rows(args.beam or args.num_samples)
     run = _open(args)
     prefix = run.config.prefix if args.prefix is None else args.prefix
     ids, unknown = run.encode(prefix)
@@ -179,6 +188,7 @@ def recitation(args) -> int:
     if not 1 <= args.samples <= 4096 or not 1 <= args.num_chars <= 100_000:
         raise UsageError("--samples must be between 1 and 4,096 and --num-chars between 1 and "
                          "100,000")
+    _threads_for_rows(args.samples)
     run = _open(args)
     run.copy_index                          # built (or read and checked) before sampling
     reports = [run.copies(s) for s in run.generate(run.config.prefix, args.num_chars,
