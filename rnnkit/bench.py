@@ -136,6 +136,41 @@ def beam_speed(quick: bool) -> dict[str, float]:
     return out
 
 
+def thread_speed(quick: bool) -> dict[str, float]:
+    """One stream of greedy text through torch's LSTM (the quality preset's kind, 384 wide) at
+    1 and 2 threads, on a quiet machine and next to one busy process: why small steps run on
+    one thread (perf.threads_for)."""
+    import subprocess
+    import sys
+    model = TorchRNN(V, 384, cell="lstm").eval()
+    prefix, n = [1, 2, 3], 300 if quick else 2000
+    threads, out = torch.get_num_threads(), {}
+
+    def speed() -> float:
+        generate_ids(model, prefix, 20)
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            generate_ids(model, prefix, n)
+            times.append(time.perf_counter() - start)
+        return n / statistics.median(times)
+    try:
+        for busy in (False, True):
+            hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+            try:
+                for k in (1, 2):
+                    torch.set_num_threads(k)
+                    out[f"{k} thread{'s' * (k > 1)}, {'one busy process' if busy else 'quiet'}"] \
+                        = speed()
+            finally:
+                if hog:
+                    hog.kill()
+                    hog.wait()
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
 def chapter_curves(epochs: int) -> dict[str, list[float]]:
     """Training perplexity per epoch of the chapter's run, fp32 and bf16, same seed and data."""
     ids, _ = load_corpus()
@@ -170,6 +205,7 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
     torch.set_num_threads(threads)
     gen = generation_speed(quick)
     beam = beam_speed(quick)
+    by_threads = thread_speed(quick)
     curves = chapter_curves(20 if quick else 500)
 
     base = speeds["book loop"]
@@ -193,6 +229,9 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
     print(f"{'beam search, width 8':32s} {beam['beam 8']:10,.0f} "
           f"{beam['beam 8'] / beam['greedy']:7.2f} x greedy through the same step "
           f"({beam['greedy']:,.0f} chars/s)")
+    print(f"{'one stream, LSTM-384 (torch)':32s} {'chars/s':>10s}")
+    for name, v in by_threads.items():
+        print(f"  {name:30s} {v:10,.0f}")
     every = max(1, len(curves["fp32"]) // 10)
     print("chapter run, training perplexity by epoch (fp32 | bf16):")
     for i in list(range(every - 1, len(curves["fp32"]), every)):
@@ -205,7 +244,7 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
               "achieved_gflops": {k: v * FLOP_PER_TOKEN / 1e9 for k, v in speeds.items()},
               "gemm_gflops": gemm, "generate_chars_per_s": gen,
               "generate_ratio_vs_book": {k: v / gbase for k, v in gen.items()},
-              "beam_chars_per_s": beam,
+              "beam_chars_per_s": beam, "one_stream_by_threads": by_threads,
               "final_ppl": {k: c[-1] for k, c in curves.items()}, "curves": curves}
     line = json.dumps(result)
     print(line)

@@ -30,8 +30,9 @@ SMALL_ROWS = 32   # rows a step may have and still run fastest on one thread
 
 def threads_for(rows: int) -> int:
     """Torch threads for steps of `rows` rows (streams, beams): one for up to SMALL_ROWS. Such
-    steps are small GEMMs; two threads win at most ~10% on an idle machine (64 rows: 4%) and
-    lose 2-3x as soon as another process holds a core (measured: one stream 6,410 vs 2,935
-    chars/s next to one busy process; beam 8 and 16 streams are faster on one thread even idle)."""
+    steps are small GEMMs: on an idle 2-core machine two threads gain 20-50% for one stream
+    (nothing for beam 8 or 16 streams, 4% at 64), but lose 2-3x as soon as another process
+    holds a core (one stream: 6,410 vs 2,935 chars/s; `rnnkit bench` measures both cases) —
+    one thread is the choice that cannot collapse."""
     import torch
     return 1 if rows <= SMALL_ROWS else torch.get_num_threads()
