@@ -30,10 +30,11 @@ def stream_chars(url: str, num_chars: int, seed: int, first: list | None = None)
     with httpx.stream("GET", url, params={"num_chars": num_chars, "temperature": 0.8,
                                           "seed": seed}, timeout=300) as r:
         for line in r.iter_lines():
-            if line.startswith("data: ") and '"text"' in line:
+            event = json.loads(line[6:]) if line.startswith("data: ") else {}
+            if "text" in event:                          # a chunk (done carries segments)
                 if first is not None and not got:
                     first.append(time.perf_counter() - start)
-                got += len(json.loads(line[6:])["text"])
+                got += len(event["text"])
     return got
 
 
