@@ -145,6 +145,8 @@ class ProgressBoard(HyperParameters):
             self._render()
 
     def _render(self):
+        if self.fig is None and self.axes is not None:
+            self.fig = self.axes.figure                   # the caller's axes, in their figure
         if self.fig is None:
             from matplotlib.figure import Figure          # not pyplot: no backend is touched
             self.fig = Figure(figsize=self.figsize)
