@@ -174,9 +174,31 @@ def test_durations_read_as_a_person_says_them():
         ["0 s", "42 s", "3 min 5 s", "2 h 10 min", "?"]
 
 
-@pytest.mark.parametrize("delay", [0.1, 0.25, 0.5, 1.0])
+INTERRUPT_WHILE_IMPORTING = """
+import importlib.abc, os, signal, sys
+class Interrupt(importlib.abc.MetaPathFinder):   # Ctrl-C just as the CLI's imports begin
+    def find_spec(self, name, path=None, target=None):
+        if name == "rnnkit.cli":
+            os.kill(os.getpid(), signal.SIGINT)
+sys.meta_path.insert(0, Interrupt())
+sys.argv = ["rnnkit", "train"]
+from rnnkit.__main__ import run
+sys.exit(run())
+"""
+
+
+def test_ctrl_c_while_the_command_imports_is_one_line_and_exit_130():
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-c", INTERRUPT_WHILE_IMPORTING],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.splitlines() == ["rnnkit: error: interrupted"]
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.7, 1.5])
 def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(delay, tmp_path):
-    """During the imports (torch takes a while), the setup or the training alike."""
+    """During the imports, the setup or the training alike."""
     import signal
     import subprocess
     import sys
