@@ -310,15 +310,17 @@ class NgramMixture(LanguageModel):
             return (self.ngram.next_probs(contexts),
                     self.weights[self.ngram.evidence(contexts)][:, None])
         keys = [row.tobytes() for row in contexts]
-        missing = [i for i, key in enumerate(keys) if key not in self._cache]
+        cache = self._cache      # replaced when full, never emptied: other threads (the lab's)
+        known = {key: cache[key] for key in keys if key in cache}   # may read it meanwhile
+        missing = [i for i, key in enumerate(keys) if key not in known]
         if missing:
             rows = contexts[missing]
             p_kn, lam = self.ngram.next_probs(rows), self.weights[self.ngram.evidence(rows)]
-            if len(self._cache) + len(missing) > max(64, CACHE_VALUES // self.ngram.vocab_size):
-                self._cache.clear()                                  # bounded memory
+            if len(cache) + len(missing) > max(64, CACHE_VALUES // self.ngram.vocab_size):
+                self._cache = cache = {}                             # bounded memory
             for j, i in enumerate(missing):
-                self._cache[keys[i]] = (p_kn[j], lam[j])
-        found = [self._cache[key] for key in keys]
+                known[keys[i]] = cache[keys[i]] = (p_kn[j], lam[j])
+        found = [known[key] for key in keys]
         return np.stack([p for p, _ in found]), np.array([lam for _, lam in found])[:, None]
 
     def mix_trace(self, logits: np.ndarray, ids: list[int]) -> np.ndarray:

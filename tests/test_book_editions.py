@@ -295,6 +295,23 @@ def test_the_time_machine_of_the_1_0_api_is_offline(tmp_path, monkeypatch):
         "090b5e7e70c295757f55df93cb0a180b9691891a"
 
 
+def test_a_download_without_a_checksum_takes_the_file_there(tmp_path, monkeypatch):
+    import urllib.request
+
+    from rnnkit.d2l import v1
+
+    class Answer:
+        def __init__(self, *args, **kwargs): pass
+        def __enter__(self): return self
+        def __exit__(self, *args): pass
+        def read(self): return b"served"
+    monkeypatch.setattr(urllib.request, "urlopen", Answer)
+    path = v1.download("http://example.invalid/x.txt", str(tmp_path))   # no sha1: any file
+    assert Path(path).read_bytes() == b"served"
+    (tmp_path / "x.txt").write_bytes(b"mine")
+    assert Path(v1.download("http://example.invalid/x.txt", str(tmp_path))).read_bytes() == b"mine"
+
+
 def test_save_hyperparameters_reads_the_callers_arguments():
     from rnnkit.d2l import v1
 

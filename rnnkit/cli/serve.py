@@ -32,7 +32,11 @@ def add_parsers(sub) -> None:
 
 
 def cmd_serve(args) -> int:
+    import torch
+
+    from ..perf import threads_for
     from ..server import serve
+    from ..streams import StreamEngine
     from ..webguard import is_loopback, split_host
     if not 0 <= args.port <= 65535:
         raise UsageError("--port must be between 0 and 65535")
@@ -52,10 +56,7 @@ def cmd_serve(args) -> int:
     def ready(url: str) -> None:
         print(f"rnnkit lab: {url}  (runs: {', '.join(args.run_dirs)}; Ctrl-C stops it)",
               flush=True)
-    import torch
 
-    from ..perf import threads_for
-    from ..streams import StreamEngine
     torch.set_num_threads(threads_for(StreamEngine.BLOCK))  # steps of 16 rows: one thread
     try:
         serve(args.run_dirs, args.host, args.port, allow_hosts=tuple(args.allow_host),

@@ -313,13 +313,10 @@ def fetch(url: str, sha1: str | None, folder: str) -> str:
         bundled = Path(_data.__file__).parent / "data" / "timemachine.txt"
         if bundled.is_file():
             return str(bundled)
-    target = Path(folder) / url.rstrip("/").split("/")[-1]
-    if sha1 is None and target.is_file():
-        return str(target)
     try:
         return str(_data.download(url, sha1, folder, timeout=15))
     except RnnkitError as e:
-        raise DownloadError(f"cannot get {target.name!r}: {e}") from None
+        raise DownloadError(f"cannot get {url.rstrip('/').split('/')[-1]!r}: {e}") from None
 
 
 def download(name, cache_dir=os.path.join("..", "data")):
@@ -538,18 +535,25 @@ class Animator:
         self.draw()
 
     def draw(self):
-        self.fig.tight_layout()
-        if self.inline:
-            from IPython.display import Image, display
-            buffer = io.BytesIO()
-            self.fig.savefig(buffer, format="png", dpi=100)
-            image = Image(data=buffer.getvalue(), format="png")
-            if self.handle is None:           # one output, updated in place as points arrive
-                self.handle = display(image, display_id=True)
-            else:
-                self.handle.update(image)
-        if self.path is not None:
-            self.fig.savefig(self.path)
+        self.handle = show_figure(self.fig, self.handle, self.inline, self.path)
+
+
+def show_figure(fig, handle, inline: bool, path: str | None):
+    """Draw a matplotlib Figure: inline in Jupyter as one output updated in place (pass back
+    the handle this returns), and into the file `path` if one is given. Both editions' boards."""
+    fig.tight_layout()
+    if inline:
+        from IPython.display import Image, display
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
+        image = Image(data=buffer.getvalue(), format="png")
+        if handle is None:
+            handle = display(image, display_id=True)
+        else:
+            handle.update(image)
+    if path is not None:
+        fig.savefig(path)
+    return handle
 
 
 # ---- the book's framework aliases (d2l 0.17's torch module) ---------------------------------

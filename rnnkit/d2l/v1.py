@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import inspect
-import io
 import os
 import re
 
@@ -20,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import (DATA_URL, Accumulator, DownloadError, Timer, extract, fetch,  # noqa: F401
-               in_notebook, plot, set_axes, set_figsize, use_svg_display)
+               in_notebook, plot, set_axes, set_figsize, show_figure, use_svg_display)
 from .seq2seq import (Decoder, Encoder, bleu, init_seq2seq,  # noqa: F401  (both editions')
                       preprocess_nmt, show_list_len_pair_hist)
 
@@ -164,18 +163,9 @@ class ProgressBoard(HyperParameters):
         axes.set_xscale(self.xscale)
         axes.set_yscale(self.yscale)
         axes.legend(lines, list(self.data))
-        self.fig.tight_layout()
-        if in_notebook():
-            from IPython.display import Image, display
-            buffer = io.BytesIO()
-            self.fig.savefig(buffer, format="png", dpi=100)
-            image = Image(data=buffer.getvalue(), format="png")
-            if self._handle is None:
-                self._handle = display(image, display_id=True)
-            else:
-                self._handle.update(image)
-        else:
-            self.fig.savefig(self.path or "progress.png")
+        inline = in_notebook()
+        self._handle = show_figure(self.fig, self._handle, inline,
+                                   self.path or (None if inline else "progress.png"))
 
 
 class Module(nn.Module, HyperParameters):

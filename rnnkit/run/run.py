@@ -198,8 +198,11 @@ class Run:
                               sample_every=t.config.sample_every, samples=lambda: samples(t),
                               json_lines=json_lines, stdout=stdout, active=team.main)
             if self.exists:
+                waited = _patience_afresh(saved_patience, t.config, state)
                 header.append(f"resumed     at epoch {state.epoch + 1}, batch {state.batch + 1}"
-                              + _patience_afresh(saved_patience, t.config, state))
+                              + (f"; it had stopped early ({waited} epoch{'s' * (waited != 1)} "
+                                 f"without a better validation), so --patience "
+                                 f"{t.config.patience} counts again from here" if waited else ""))
             for line in header:
                 report.line(line)
             report.start(state.metrics)
@@ -281,11 +284,11 @@ def _started(t: Training, rundir: RunDirectory) -> tuple[RunState, Checkpointer]
     return state, checkpoints
 
 
-def _patience_afresh(saved_patience: int, config: TrainConfig, state: RunState) -> str:
+def _patience_afresh(saved_patience: int, config: TrainConfig, state: RunState) -> int:
     """A run that stopped on its --patience and is resumed (to train longer) gets its patience
-    again; otherwise it would stop after one more epoch without a word."""
+    again — otherwise it would stop after one more epoch; returns the epochs it had waited
+    (0: it had not stopped on patience)."""
     if not (saved_patience and config.patience and state.epochs_since_best >= saved_patience):
-        return ""
+        return 0
     waited, state.epochs_since_best = state.epochs_since_best, 0
-    return (f"; it had stopped early ({waited} epoch{'s' * (waited != 1)} without a better "
-            f"validation), so --patience {config.patience} counts again from here")
+    return waited
