@@ -15,7 +15,15 @@ def run() -> int:
     previous = signal.signal(signal.SIGINT, _interrupted_while_starting)
     from .cli import main
     signal.signal(signal.SIGINT, previous)   # main() answers KeyboardInterrupt from here on
-    return main()
+    code = main()
+    if code == 130:
+        # An interrupt main() answered (one line said, the state saved) can still leave
+        # CPython's "unhandled KeyboardInterrupt" mark set — seen when it lands inside an
+        # import — and the interpreter would then end itself by SIGINT (-2), not 130.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    return code
 
 
 if __name__ == "__main__":
