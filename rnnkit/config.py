@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from .errors import UsageError
 from .text import CLEAN_MODES, TOKEN_MODES
 
+# kinds of model that only torch's autograd runs (minrnn.py, transformer.py)
+MODERN_CELLS = ("mingru", "minlstm", "transformer")
 BOOK_PREFIX = "time traveller"      # the chapter's sample prefix
 BOOK_MAX_TOKENS = 10_000            # the chapter trains on the book's first 10,000 characters
 CHOICES = {"clean": CLEAN_MODES, "token": TOKEN_MODES,
-           "cell": ("rnn", "gru", "lstm"), "impl": ("bptt", "autograd", "torch"),
+           "cell": ("rnn", "gru", "lstm", "mingru", "minlstm", "transformer"), "impl": ("bptt", "autograd", "torch"),
            "precision": ("fp32", "bf16", "fp16"), "sampling": ("sequential", "random"),
            "optimizer": ("sgd", "adam", "adamw"), "schedule": ("constant", "cosine", "plateau"),
            "end_on": ("best", "last")}
@@ -34,7 +36,9 @@ class TrainConfig:
     val_fraction: float = 0.1      # fraction held out for validation (before the test slice)
     test_fraction: float = 0.0     # last fraction of the corpus, held out for testing
     # model
-    cell: str = "rnn"              # rnn (the chapter) | gru | lstm
+    cell: str = "rnn"              # rnn (the chapter) | gru | lstm | mingru | minlstm (trained
+                                   # in parallel) | transformer (nanoGPT's shape, context
+                                   # --num-steps, width --hidden)
     impl: str = "bptt"             # bptt (hand-derived, fast) | autograd (the book's loop) | torch
     hidden: int = 512              # hidden units H
     precision: str = "fp32"        # fp32 | bf16 (bptt: bf16 matmuls, fp32 state; else autocast)
@@ -97,7 +101,13 @@ class TrainConfig:
             raise UsageError(f"--impl {self.impl} cannot run --layers, --dropout or --embed "
                               "(the from-scratch cells are one layer on one-hot inputs); use "
                               "--impl torch, or leave --impl out and rnnkit picks it")
-        if self.tie and self.embed != self.hidden:
+        if self.cell in MODERN_CELLS and self.impl != "torch":
+            raise UsageError(f"--cell {self.cell} runs with --impl torch, not --impl "
+                             f"{self.impl}")
+        if self.cell == "transformer" and (self.embed or self.tie):
+            raise UsageError("--cell transformer is --hidden wide with its embedding tied to "
+                             "its output layer: leave out --embed and --tie")
+        if self.tie and self.embed != self.hidden and self.cell not in MODERN_CELLS:
             raise UsageError("--tie needs --embed equal to --hidden")
         if self.weight_decay < 0 or self.warmup < 0 or self.patience < 0 or self.ngram < 0:
             raise UsageError("--weight-decay, --warmup, --patience and --ngram must be 0 or "

@@ -3,7 +3,9 @@ token ids (N,) and the state in, logits (N, V) and the next state out, N dynamic
 
 Every model — the scratch RNN, GRU and LSTM, and torch's layers (stacked, with embeddings) — is
 first read as the same layers in `torch.nn`'s gate order and form (its `cell_layers`), then written
-with one ONNX node per equation, so the graph reads like the cells in models.py.
+with one ONNX node per equation, so the graph reads like the cells in models.py. minGRU and
+minLSTM are written block by block from their module (minrnn.py), their sequential step; the
+transformer is not exported (its step needs a growing key/value cache).
 """
 from __future__ import annotations
 
@@ -11,11 +13,13 @@ import os
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 from .checkpoint import _json_bytes
 from .errors import UsageError
 from .files import atomic_write
-from .models import LanguageModel, Layer
+from .minrnn import GATES as GATES_MIN
+from .models import LanguageModel, Layer, _np
 from .text import SEPARATOR
 
 OPSET = 17
@@ -64,9 +68,74 @@ def _step(g: _Graph, cell: str, k: int, layer: Layer, x: str, h: str, c: str | N
     return g.op("Mul", g.op("Sigmoid", o), g.op("Tanh", c_new)), c_new  # h' = o tanh(c')
 
 
+def _linear(g: _Graph, x: str, layer: nn.Linear, name: str, out: str | None = None) -> str:
+    """x W^T + b of an nn.Linear (`out`: the result's name)."""
+    y = g.op("MatMul", x, g.const(f"{name}_W", _np(layer.weight).T))
+    return g.op("Add", y, g.const(f"{name}_b", _np(layer.bias)), name=out)
+
+
+def _rms_norm(g: _Graph, x: str, norm, name: str) -> str:
+    """x / sqrt(mean(x²) + eps) ⊙ w, as torch.nn.RMSNorm (eps: float32's, its default)."""
+    eps = norm.eps if norm.eps is not None else float(np.finfo(np.float32).eps)
+    mean = g.op("ReduceMean", g.op("Mul", x, x), axes=[-1], keepdims=1)       # (N, 1)
+    rms = g.op("Sqrt", g.op("Add", mean, g.const(f"{name}_eps", np.float32(eps))))
+    return g.op("Mul", g.op("Div", x, rms), g.const(f"{name}_w", _np(norm.weight)))
+
+
+def _min_step(g: _Graph, k: int, block, x: str, h: str) -> tuple[str, str]:
+    """One minGRU/minLSTM block (minrnn.py): the residual stream's next x and the state h'."""
+    cell, H = block.cell, block.cell.hidden
+    u = _rms_norm(g, x, block.norm1, f"norm1_{k}")
+    parts = g.op("Split", _linear(g, u, cell.to_gates, f"gates{k}"),
+                 g.const(f"split{k}", np.full(len(GATES_MIN[cell.kind]) + 1, H, np.int64)),
+                 outputs=len(GATES_MIN[cell.kind]) + 1, axis=1)
+    h_tilde = parts[-1]
+    zero = g.const(f"zero{k}", np.float32(0.0))
+    v = g.op("Where", g.op("GreaterOrEqual", h_tilde, zero),
+             g.op("Add", h_tilde, g.const(f"half{k}", np.float32(0.5))),
+             g.op("Sigmoid", h_tilde))                                        # g(h̃)
+    if cell.kind == "mingru":                             # h' = (1 − z) h + z g(h̃)
+        z = g.op("Sigmoid", parts[0])
+        h_new = g.op("Add", g.op("Mul", g.op("Sub", g.const(f"one{k}", np.float32(1.0)), z), h),
+                     g.op("Mul", z, v))
+    else:                                                 # h' = f' h + i' g(h̃)
+        f, i = g.op("Sigmoid", parts[0]), g.op("Sigmoid", parts[1])
+        total = g.op("Add", f, i)
+        h_new = g.op("Add", g.op("Mul", g.op("Div", f, total), h),
+                     g.op("Mul", g.op("Div", i, total), v))
+    out = h_new if isinstance(cell.out, nn.Identity) else \
+        g.op("MatMul", h_new, g.const(f"out{k}_W", _np(cell.out.weight).T))
+    x = g.op("Add", x, out)
+    up = _linear(g, _rms_norm(g, x, block.norm2, f"norm2_{k}"), block.mlp.up, f"up{k}")
+    gelu = g.op("Mul", g.op("Mul", up, g.const(f"gelu_half{k}", np.float32(0.5))),
+                g.op("Add", g.const(f"gelu_one{k}", np.float32(1.0)),
+                     g.op("Erf", g.op("Div", up, g.const(f"sqrt2_{k}",
+                                                           np.float32(np.sqrt(2)))))))
+    return g.op("Add", x, _linear(g, gelu, block.mlp.down, f"down{k}")), h_new
+
+
+def _build_min(model) -> tuple[_Graph, list, int]:
+    """The step of a MinRNN: ids (N,), h (layers, N, H) → logits (N, V), h_next."""
+    g = _Graph()
+    x = g.op("Gather", g.const("embedding", _np(model.embedding.weight)), "ids", axis=0)
+    new = []
+    for k, block in enumerate(model.blocks):
+        h = g.op("Gather", "h", g.const(f"layer{k}", np.array(k)), axis=0)    # (N, H)
+        x, h_new = _min_step(g, k, block, x, h)
+        new.append(g.op("Unsqueeze", h_new, g.const(f"axis0_{k}", np.array([0]))))
+    _linear(g, _rms_norm(g, x, model.norm, "norm"), model.linear, "out", out="logits")
+    g.op("Concat", *new, axis=0, name="h_next")
+    return g, ["h"], model.num_hiddens
+
+
 def build_onnx(model: LanguageModel):
     """The ONNX ModelProto of one step of `model`'s network (see the module docstring)."""
-    from onnx import TensorProto, checker, helper
+    from .minrnn import MinRNN
+    network = model.network
+    if isinstance(network, MinRNN):
+        g, names, hidden = _build_min(network)
+        shape = [len(network.blocks), "N", hidden]
+        return _finish(g, names, shape, network.vocab_size)
     view = model.network.cell_layers()
     cell, table, layers, W_out, b_out = view.cell, view.table, view.layers, view.W_out, view.b_out
     # torch's layers keep a state (layers, N, H); the scratch cells one (N, H)
@@ -94,9 +163,16 @@ def build_onnx(model: LanguageModel):
         else:
             g.op("Identity", new[n][0], name=f"{n}_next")
     shape = ([len(layers), "N", hidden] if stacked else ["N", hidden])
+    return _finish(g, names, shape, table.shape[0])
+
+
+def _finish(g: _Graph, names: list[str], shape: list, vocab_size: int):
+    """The checked ModelProto of graph `g`: ids and the states `names` in, logits and the
+    next states out."""
+    from onnx import TensorProto, checker, helper
     inputs = [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N"])] + [
         helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in names]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", table.shape[0]])] \
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", vocab_size])] \
         + [helper.make_tensor_value_info(f"{n}_next", TensorProto.FLOAT, shape) for n in names]
     graph = helper.make_graph(g.nodes, "rnnkit_step", inputs, outputs, g.inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
@@ -125,7 +201,8 @@ def export_onnx(run, out: str | os.PathLike, *, weights: str | None = None,
     state = network.begin_state(1, "cpu")
     names = ["h", "c"][:len(state)]
     meta = {"format": "rnnkit-onnx", "version": 1, "model": out.name,
-            "inputs": {"ids": ["N"], **{n: ["N" if d == 1 else d for d in s.shape]
+            "inputs": {"ids": ["N"], **{n: ["N" if i == s.dim() - 2 else d
+                                             for i, d in enumerate(s.shape)]
                                         for n, s in zip(names, state)}},
             "outputs": ["logits"] + [f"{n}_next" for n in names],
             "separator": SEPARATOR[config.token], "prefix": config.prefix,

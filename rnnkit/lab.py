@@ -15,7 +15,8 @@ from .models import CellLayers
 
 FEATURES = ("inside quotes", "inside parentheses", "position in line", "start of a word",
             "after a vowel")
-STATES = {"rnn": ("h",), "gru": ("h", "r", "z", "n"), "lstm": ("h", "c", "i", "f", "g", "o")}
+STATES = {"rnn": ("h",), "gru": ("h", "r", "z", "n"), "lstm": ("h", "c", "i", "f", "g", "o"),
+          "mingru": ("h", "z"), "minlstm": ("h", "f", "i"), "transformer": ()}
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

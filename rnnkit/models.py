@@ -86,6 +86,11 @@ class LanguageModel(nn.Module):
         from .lab import trace
         return trace(self.cell_layers(), ids)
 
+    def scoring_steps(self, num_steps: int) -> int:
+        """The window held-out text is read in (`train.held_out_logits`), for a model trained
+        on windows of `num_steps`: the same, for a model that carries its state."""
+        return num_steps
+
     def cell_layers(self) -> CellLayers:
         raise UsageError(f"a {type(self).__name__} has no recurrent layers to export")
 
@@ -286,6 +291,16 @@ class TorchRNN(LanguageModel):
 def build_model(vocab_size: int, config) -> LanguageModel:
     """The model a `TrainConfig` names, initialised from its seed (no global RNG touched)."""
     generator = torch.Generator().manual_seed(config.seed)
+    if config.cell in ("mingru", "minlstm", "transformer"):
+        from .minrnn import MinRNN
+        from .transformer import Transformer
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            if config.cell == "transformer":
+                return Transformer(vocab_size, config.hidden, context=config.num_steps,
+                                   num_layers=config.layers, dropout=config.dropout)
+            return MinRNN(vocab_size, config.hidden, cell=config.cell, num_layers=config.layers,
+                          dropout=config.dropout, embed=config.embed, tie=config.tie)
     if config.impl == "torch":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)  # nn layers draw from the global RNG; keep it local

@@ -281,6 +281,13 @@ class NgramMixture(LanguageModel):
         mixed, history = self.mix(logits, X, state[-1])
         return mixed, (*net_state, history)
 
+    def scoring_steps(self, num_steps: int) -> int:
+        return self.net.scoring_steps(num_steps)
+
+    def stepper(self, n: int, device="cpu"):
+        """The network's own step (a key/value cache, a fast path) with the counts mixed in."""
+        return MixtureStepper(self, self.net.stepper(n, device), n, device)
+
     def trace(self, ids: list[int]) -> dict:
         traced = self.net.trace(ids)
         traced["logits"] = self.mix_trace(traced["logits"], ids)
@@ -331,6 +338,35 @@ class NgramMixture(LanguageModel):
         return self.mix(torch.from_numpy(logits)[:, None, :], X, empty)[0][:, 0].numpy()
 
 
+class MixtureStepper:
+    """One step for N streams of a mixture: the network's step, then the counts mixed in
+    for each stream's last ids (its history, (N, order))."""
+
+    def __init__(self, mixture: NgramMixture, step, n: int, device):
+        self.mixture, self.step = mixture, step
+        self.history = torch.zeros(n, mixture.ngram.order, dtype=torch.long, device=device)
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        logits = self.step(ids)                                           # (N, V)
+        mixed, self.history = self.mixture.mix(logits[None], ids[:, None], self.history)
+        return mixed[0]                                                   # (N, V)
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        self.step.reorder(rows)
+        self.history = self.history[rows]
+
+    def reset(self, rows: list[int]) -> None:
+        self.step.reset(rows)
+        self.history[rows] = 0
+
+    def save(self, rows: list[int]):
+        return self.step.save(rows), self.history[rows].clone()
+
+    def restore(self, rows: list[int], saved) -> None:
+        self.step.restore(rows, saved[0])
+        self.history[rows] = saved[1]
+
+
 CACHED_ROWS_AT_ONCE = 64    # contexts a mixing call may take from the cache (generation: few)
 CACHE_VALUES = 1 << 22      # probabilities the cache holds at most (32 MB)
 FIT_TOKENS = 1 << 20        # validation tokens the weights are fitted on (16 weights need few)
@@ -347,7 +383,8 @@ def fit_mixture(network: nn.Module, train_ids: np.ndarray, val_ids: np.ndarray,
     ids that precede them); its figures (perplexities) in `.report`."""
     from .train import held_out_batches, held_out_logits
     longest = max(1, min(longest, max_context(vocab_size)))
-    starts = held_out_batches(val_ids, batch_size, num_steps).starts[0]   # each row's start
+    steps = network.scoring_steps(num_steps)
+    starts = held_out_batches(val_ids, batch_size, steps).starts[0]       # each row's start
     history = preceding(val_ids, starts, longest, before)              # as `evaluate` reads
     p_net, contexts, targets = [], [], []
     for X, Y, logits in held_out_logits(network, val_ids, batch_size=batch_size,

@@ -170,8 +170,9 @@ def held_out_logits(model: nn.Module, ids: np.ndarray, *, batch_size: int, num_s
                     device: torch.device | str = "cpu", before: np.ndarray | None = None):
     """(X, Y, logits (T, rows, V)) of each window of held-out `ids` (`held_out_batches`), the
     state carried across windows, in eval mode. `before`: the ids that precede `ids` in the
-    text, which a model that reads history (an n-gram mixture) sees first."""
-    batches = held_out_batches(ids, batch_size, num_steps)
+    text, which a model that reads history (an n-gram mixture) sees first. The windows are
+    the model's `scoring_steps` long."""
+    batches = held_out_batches(ids, batch_size, model.scoring_steps(num_steps))
     was_training = model.training
     model.eval()
     state = model.prime(model.begin_state(batches.starts.shape[1], device), batches.corpus,

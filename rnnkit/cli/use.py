@@ -164,12 +164,15 @@ def cmd_eval(args) -> int:
     except ValueError as e:
         raise RnnkitError(f"{where}: {e}; give a longer text") from None
     mixed = run.model.mixture
+    steps = run.model.scoring_steps(run.config.num_steps)
+    windows = None if steps == run.config.num_steps else {
+        "window": steps, "context": run.config.num_steps, "min_context": steps}
     if args.json:
         print(json.dumps({
             "perplexity": math.exp(loss / tokens), "nats_per_token": loss / tokens,
             "bits_per_token": loss / tokens / math.log(2), "tokens": tokens,
             "unknown_tokens": unk, "token": run.config.token,
-            "ngram": mixed["n"] if mixed else None,
+            "ngram": mixed["n"] if mixed else None, "sliding_windows": windows,
             "settings": {"run_dir": args.run_dir, "corpus": args.corpus,
                          "split": None if args.corpus else args.split,
                          "weights": args.weights or run.config.end_on, "ngram": args.ngram}},
@@ -179,6 +182,10 @@ def cmd_eval(args) -> int:
           f"per {run.config.token} on {where} ({tokens:,} tokens)" + (
               f"; the network with its {mixed['n']}-gram model mixed in (--no-ngram: the "
               "network alone)" if mixed else ""))
+    if windows:
+        print(f"  read in sliding windows: {steps} new tokens at a time after the {steps} before "
+              f"them (context {run.config.num_steps}), so every token but the text's first "
+              f"{steps} is scored once, with at least {steps} tokens of context")
     return 0
 
 

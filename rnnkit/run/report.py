@@ -141,11 +141,18 @@ def describe(run: Training, seconds_per_epoch: float) -> list[str]:
     else:
         corpus = f"{c.corpus} ({count_characters(Path(c.corpus)):,} characters)"
     capped = f" (the first {c.max_tokens:,})" if c.max_tokens > 0 else ""
-    kind = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM"}[c.cell]
+    kind = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM", "mingru": "minGRU",
+            "minlstm": "minLSTM", "transformer": "transformer"}[c.cell]
     impl = {"bptt": "from scratch, hand-derived BPTT", "autograd": "from scratch, autograd",
             "torch": f"torch.nn.{kind}"}[c.impl]
+    if c.cell in ("mingru", "minlstm"):
+        impl = "residual blocks, trained in parallel over each window"
+    elif c.cell == "transformer":
+        impl = f"nanoGPT's shape, context {c.num_steps}, {run.model.heads} heads"
     extras = "".join([f", {c.layers} layers" if c.layers > 1 else "",
-                      f", embedding {c.embed}" if c.embed else ", one-hot inputs",
+                      ", embedding tied" if c.cell == "transformer" else
+                      f", embedding {c.embed}" if c.embed else
+                      ", embedding" if c.cell in ("mingru", "minlstm") else ", one-hot inputs",
                       f", dropout {c.dropout}" if c.dropout else "", ", tied" if c.tie else ""])
     params = sum(p.numel() for p in run.model.parameters())
     batches = max(1, (len(run.train_ids) - 1) // (c.batch_size * c.num_steps))

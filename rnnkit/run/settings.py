@@ -6,7 +6,7 @@ steps of `rnnkit train` (see cli/train.py), so nothing here reads a file, a stre
 """
 from __future__ import annotations
 
-from ..config import PRESETS, TrainConfig
+from ..config import MODERN_CELLS, PRESETS, TrainConfig
 from ..errors import UsageError
 
 # Flags that only torch's layers run; without an --impl, a run that asks for them gets torch's.
@@ -43,6 +43,8 @@ def needs_corpus(preset: str) -> bool:
 def choose_impl(settings: dict, given: dict) -> tuple[dict, str | None]:
     """With no --impl given, the implementation that can run the flags asked for, and the
     line that says so when it is not the preset's."""
+    if settings.get("cell") in MODERN_CELLS and "impl" not in given:
+        return {**settings, "impl": "torch"}, None       # the one implementation they have
     needs = [_flag(name, settings) for name, asks in TORCH_ONLY.items() if asks(settings)]
     if needs and "impl" not in given and settings.get("impl", "bptt") != "torch":
         return {**settings, "impl": "torch"}, (

@@ -1,0 +1,226 @@
+"""minGRU and minLSTM (Feng et al., "Were RNNs All We Needed?", 2024): the GRU and LSTM with the
+hidden state taken out of their gates, so that a whole window trains at once — one matrix product
+per layer for every gate of every step, then a scan over time — while generation stays a cheap
+recurrent step.
+
+    minGRU:   z_t = σ(x_t W_z + b_z)   h̃_t = g(x_t W_h + b_h)   h_t = (1 − z_t) ⊙ h_{t−1} + z_t ⊙ h̃_t
+    minLSTM:  f_t = σ(x_t W_f + b_f)   i_t = σ(x_t W_i + b_i)   h̃_t = g(x_t W_h + b_h)
+              f'_t, i'_t = f_t / (f_t + i_t), i_t / (f_t + i_t)   h_t = f'_t ⊙ h_{t−1} + i'_t ⊙ h̃_t
+
+g(x) = x + ½ for x ≥ 0, σ(x) below keeps every state positive, so that the scan runs in log space
+(the paper's appendix B.3): h_t = a_t h_{t−1} + b_t over a window is
+    log h_t = a*_t + logcumsumexp_{k≤t}(log b_k − a*_k),  a*_t = Σ_{k≤t} log a_k   (Heinsen, 2023)
+plus the carried state's share, exp(a*_t) ⊙ h_0. `sequential` is the recurrence itself, step by
+step: the reference the others are tested against, and what evaluation, generation, the lab and
+the ONNX graph run.
+
+Training computes every gate of a window in one matrix product, then the recurrence: on a GPU by
+the scan, parallel over time; on a CPU by `linear_recurrence`, T in-place steps each as wide as
+the batch with a hand-derived backward, which measured 3× faster here than the scan's log, exp
+and logcumsumexp passes (see README "Recurrences of today").
+
+The language model around the cells follows the paper's language-modelling setup as
+lucidrains/minGRU-pytorch (`minLM.py`) writes it: token embedding, then per layer a pre-norm
+residual block x += minRNN(RMSNorm(x)) and x += MLP(RMSNorm(x)) (4× wide, GELU), a final
+RMSNorm and the output layer. Left out: its optional causal convolution (it would need a cache of
+its own for generation, and a padding mistake in it leaked the future: minGRU-pytorch issue #3).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import LanguageModel
+
+CELLS = ("mingru", "minlstm")
+GATES = {"mingru": ("z",), "minlstm": ("f", "i")}    # what the lab shows beside h
+
+
+def g(x: torch.Tensor) -> torch.Tensor:
+    """x + ½ for x ≥ 0, σ(x) below: positive, continuous, linear for large x."""
+    return torch.where(x >= 0, x + 0.5, torch.sigmoid(x))
+
+
+def log_g(x: torch.Tensor) -> torch.Tensor:
+    """log g(x), computed without taking the log of a sigmoid."""
+    return torch.where(x >= 0, torch.log(F.relu(x) + 0.5), -F.softplus(-x))
+
+
+def scan_log(log_a: torch.Tensor, log_b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    """h_t = a_t h_{t−1} + b_t for t = 1..T at once, from log a, log b (B, T, H) and h0 (B, H);
+    returns h (B, T, H). Run in float64: a* grows like −t, and the two large terms of log h must
+    cancel to fp32 precision."""
+    log_a, log_b = log_a.double(), log_b.double()
+    a_star = torch.cumsum(log_a, dim=1)                                   # (B, T, H) log Π a
+    log_h = a_star + torch.logcumsumexp(log_b - a_star, dim=1)           # (B, T, H) from h0 = 0
+    return (torch.exp(log_h) + torch.exp(a_star) * h0.double()[:, None]).float()  # + h0's share
+
+
+class LinearRecurrence(torch.autograd.Function):
+    """h_t = a_t ⊙ h_{t−1} + b_t over a window, in place, and its gradient by hand:
+    dh_t = ∂L/∂h_t + a_{t+1} ⊙ dh_{t+1},  da_t = dh_t ⊙ h_{t−1},  db_t = dh_t,  dh_0 = a_1 ⊙ dh_1."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+        a, b = a.transpose(0, 1).contiguous(), b.transpose(0, 1).contiguous()   # (T, B, H)
+        h = torch.empty_like(b)                                           # (T, B, H)
+        previous = h0                                                     # (B, H)
+        for t in range(a.shape[0]):
+            previous = torch.addcmul(b[t], a[t], previous, out=h[t])      # (B, H) h_t
+        ctx.save_for_backward(a, h, h0)
+        return h.transpose(0, 1)                                          # (B, T, H)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        a, h, h0 = ctx.saved_tensors                                      # (T, B, H), …, (B, H)
+        dh = grad.transpose(0, 1).contiguous()                            # (T, B, H)
+        for t in range(a.shape[0] - 2, -1, -1):
+            dh[t].addcmul_(a[t + 1], dh[t + 1])                           # (B, H) dh_t
+        da = torch.empty_like(a)                                          # (T, B, H)
+        torch.mul(dh[1:], h[:-1], out=da[1:])
+        torch.mul(dh[0], h0, out=da[0])
+        return da.transpose(0, 1), dh.transpose(0, 1), dh[0] * a[0]
+
+
+def linear_recurrence(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    """h (B, T, H) of h_t = a_t h_{t−1} + b_t from a, b (B, T, H) and h0 (B, H)."""
+    return LinearRecurrence.apply(a.float(), b.float(), h0.float())
+
+
+class MinCell(nn.Module):
+    """One minGRU or minLSTM layer, `dim` in and out, a state of `hidden` units. Every gate of
+    every step comes from one matrix product of the inputs (B, T, dim) → (B, T, G·hidden)."""
+
+    def __init__(self, kind: str, dim: int, hidden: int):
+        super().__init__()
+        self.kind, self.hidden = kind, hidden
+        self.to_gates = nn.Linear(dim, (len(GATES[kind]) + 1) * hidden)  # gates, then h̃
+        self.out = nn.Linear(hidden, dim, bias=False) if hidden != dim else nn.Identity()
+
+    def coefficients(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a, b) (B, T, H) of h_t = a_t h_{t−1} + b_t, as the cell's equations give them."""
+        parts = self.to_gates(x).float().chunk(len(GATES[self.kind]) + 1, dim=-1)
+        if self.kind == "mingru":
+            k, h_tilde = parts
+            z = torch.sigmoid(k)                                          # (B, T, H)
+            return 1 - z, z * g(h_tilde)
+        f_, i_, h_tilde = parts
+        f, i = torch.sigmoid(f_), torch.sigmoid(i_)                       # (B, T, H) each
+        return f / (f + i), i / (f + i) * g(h_tilde)                      # f', i' h̃
+
+    def log_coefficients(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log a, log b) (B, T, H): the same coefficients, in log space for the scan."""
+        parts = self.to_gates(x).float().chunk(len(GATES[self.kind]) + 1, dim=-1)
+        if self.kind == "mingru":
+            k, h_tilde = parts
+            return -F.softplus(k), -F.softplus(-k) + log_g(h_tilde)      # log(1−z), log z h̃
+        f_, i_, h_tilde = parts
+        diff = F.softplus(-f_) - F.softplus(-i_)                          # log σ(i) − log σ(f)
+        return -F.softplus(diff), -F.softplus(-diff) + log_g(h_tilde)     # log f', log i' h̃
+
+    def sequential(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """The recurrence step by step: x (B, T, dim), h (B, H) → states (B, T, H)."""
+        a, b = self.coefficients(x)                                       # (B, T, H) each
+        states = []
+        for t in range(x.shape[1]):
+            h = a[:, t] * h + b[:, t]                                     # (B, H) h_t
+            states.append(h)
+        return torch.stack(states, dim=1)                                 # (B, T, H)
+
+    def scan(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """The same states (B, T, H), every step at once by the log-space scan."""
+        return scan_log(*self.log_coefficients(x), h)
+
+    def train_states(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """The same states (B, T, H) the fastest way for the device (module docstring)."""
+        if x.is_cuda:
+            return self.scan(x, h)
+        return linear_recurrence(*self.coefficients(x), h)
+
+    def gates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The gates (B, T, H) by name, as the lab shows them."""
+        parts = torch.sigmoid(self.to_gates(x).float()).chunk(len(GATES[self.kind]) + 1, dim=-1)
+        return dict(zip(GATES[self.kind], parts))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, dropout: float):
+        super().__init__()
+        self.up, self.down = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.down(F.gelu(self.up(x))))
+
+
+class MinBlock(nn.Module):
+    """x += minRNN(RMSNorm(x)); x += MLP(RMSNorm(x))."""
+
+    def __init__(self, kind: str, dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.norm1, self.cell = nn.RMSNorm(dim), MinCell(kind, dim, hidden)
+        self.norm2, self.mlp = nn.RMSNorm(dim), MLP(dim, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor, training: bool
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, dim), h (B, H) → x (B, T, dim), every step's state (B, T, H)."""
+        u = self.norm1(x)
+        states = self.cell.train_states(u, h) if training else self.cell.sequential(u, h)
+        x = x + self.drop(self.cell.out(states.to(x.dtype)))             # (B, T, dim)
+        return x + self.mlp(self.norm2(x)), states
+
+
+class MinRNN(LanguageModel):
+    """Stacked minGRU/minLSTM blocks on a learned embedding: ids (B, T) and a state
+    ((layers, B, H),) → logits (T, B, V). Training scans each window in parallel; evaluation
+    and generation (`training` off, or one step) run the recurrence step by step."""
+
+    def __init__(self, vocab_size: int, num_hiddens: int, *, cell: str = "mingru",
+                 num_layers: int = 1, dropout: float = 0.0, embed: int = 0, tie: bool = False):
+        super().__init__()
+        self.vocab_size, self.num_hiddens, self.cell = vocab_size, num_hiddens, cell
+        dim = embed or num_hiddens
+        self.embedding = nn.Embedding(vocab_size, dim)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(MinBlock(cell, dim, num_hiddens, dropout)
+                                    for _ in range(num_layers))
+        self.norm = nn.RMSNorm(dim)
+        self.linear = nn.Linear(dim, vocab_size)
+        if tie:
+            self.linear.weight = self.embedding.weight   # (V, dim) both: one matrix, two uses
+
+    def begin_state(self, batch_size: int, device: torch.device | str | None = None) -> tuple:
+        device = device or self.linear.weight.device
+        return (torch.zeros(len(self.blocks), batch_size, self.num_hiddens, device=device),)
+
+    def forward(self, X: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
+        training = self.training and X.shape[1] > 1
+        x = self.drop(self.embedding(X))                                  # (B, T, dim)
+        last = []
+        for block, h in zip(self.blocks, state[0]):
+            x, states = block(x, h, training)                             # (B, T, dim)
+            last.append(states[:, -1])                                    # (B, H)
+        logits = self.linear(self.norm(x))                                # (B, T, V)
+        return logits.transpose(0, 1), (torch.stack(last),)               # (T, B, V)
+
+    @torch.no_grad()
+    def trace(self, ids: list[int]) -> dict:
+        """One text read step by step from the zero state, with every layer's h and gates."""
+        X = torch.as_tensor(ids, dtype=torch.long, device=self.linear.weight.device)[None]
+        was_training = self.training
+        self.eval()
+        try:
+            x, record = self.embedding(X), []                             # (1, T, dim)
+            for block in self.blocks:
+                u = block.norm1(x)
+                gates = block.cell.gates(u)
+                x, states = block(x, torch.zeros(1, self.num_hiddens, device=x.device), False)
+                record.append({name: t[0].float().cpu().numpy()
+                               for name, t in {"h": states, **gates}.items()})
+            logits = self.linear(self.norm(x))[0].float().cpu().numpy()  # (T, V)
+        finally:
+            self.train(was_training)
+        return {"logits": logits, "layers": record, "cell": self.cell}
+
