@@ -173,6 +173,9 @@ async def units(request):
     run = run_of(request)
     obj = await read_json(request)
     text, tokens, ids = text_request(obj, run.run)
+    if not lab.STATES[run.config.cell]:
+        raise ApiError(422, f"units are for recurrent cells: a {run.config.cell} run has no "
+                            "hidden states to show")
     layer = _field(obj, "layer", int, 0, 0, run.config.layers - 1)
     state = obj.get("state", "h")
     if state not in lab.STATES[run.config.cell]:

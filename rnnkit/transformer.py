@@ -3,7 +3,8 @@
 x += MLP(LN(x)) with a 4× GELU MLP, a final LayerNorm and an output layer tied to the token
 embedding; its context is the training window (`--num-steps`).
 
-As a `LanguageModel` its state is the text read so far — the last ids (B, L), L < context — so
+As a `LanguageModel` its state is the text read so far — the last ids (B, context − 1), −1 where
+there is none yet — so
 that held-out text is read window by window with the context carried (`scoring_steps`: half a
 window at a time, each scored token seeing at least half a window). Generation keeps keys and
 values (`CachedStepper`); when a stream's context is full, it keeps the last half and recomputes
@@ -97,7 +98,7 @@ class Transformer(LanguageModel):
 
     def begin_state(self, batch_size: int, device: torch.device | str | None = None) -> tuple:
         device = device or self.lm_head.weight.device
-        return (torch.zeros(batch_size, 0, dtype=torch.long, device=device),)
+        return (torch.full((batch_size, self.context - 1), -1, dtype=torch.long, device=device),)
 
     def scoring_steps(self, num_steps: int) -> int:
         return max(1, self.context // 2)
@@ -136,8 +137,7 @@ class Transformer(LanguageModel):
         seq = torch.cat([state[0], X], dim=1)[:, -self.context:]            # (B, ≤ context)
         x, _ = self.hidden(seq)
         logits = self.lm_head(x[:, -T:])                                     # (B, T, V)
-        return logits.transpose(0, 1), (seq[:, -(self.context - 1):] if self.context > 1
-                                        else seq[:, :0],)
+        return logits.transpose(0, 1), (seq[:, seq.shape[1] - (self.context - 1):],)
 
     def stepper(self, n: int, device: torch.device | str = "cpu"):
         return CachedStepper(self, n, device)
