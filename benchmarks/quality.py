@@ -16,6 +16,8 @@ JSON also has their figures over the whole slice). Prints a table and one JSON l
     python benchmarks/quality.py                      # everything (about 45 minutes)
     python benchmarks/quality.py --only latin-o2 tm   # some corpora
     python benchmarks/quality.py --budget-scale 0.1   # a quick look (budgets / 10)
+    python benchmarks/quality.py --only shakespeare --budgets 300 \
+        --kinds lstm mingru minlstm transformer     # every kind side by side (about 25 min)
 """
 from __future__ import annotations
 
@@ -153,13 +155,16 @@ def compressor_bits(train: str, val: str) -> dict:
 
 
 # ---- rnnkit -----------------------------------------------------------------------------------
-def rnnkit_bits(corpus: Path | None, budget: float, work: Path) -> dict:
-    """Train the quality preset for `budget` seconds; bits/char of the weights it ends on."""
+def rnnkit_bits(corpus: Path | None, budget: float, work: Path, kind: str | None = None) -> dict:
+    """Train the quality preset (of `kind`, else the kind it chooses) for `budget` seconds;
+    bits/char of the weights it ends on."""
     out = work / f"run-{time.monotonic_ns()}"
     cmd = [sys.executable, "-m", "rnnkit", "train", "--preset", "quality", "--time-budget",
            str(budget), "--json", "--out", str(out)]
     if corpus is not None:
         cmd += ["--corpus", str(corpus)]
+    if kind is not None:
+        cmd += ["--cell", kind]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
@@ -172,8 +177,10 @@ def rnnkit_bits(corpus: Path | None, budget: float, work: Path) -> dict:
                 "order"),
             "nats": math.log(summary["val_ppl"]), "epochs": len(proc.stdout.splitlines()) - 1,
             "best_epoch": summary.get("best_epoch"), "wall_s": time.perf_counter() - start,
-            "hidden": config["hidden"], "dropout": config["dropout"],
-            "batch_size": config["batch_size"], "num_steps": config["num_steps"]}
+            "network_nats": math.log(network), "budget": budget, "kind": config["cell"],
+            "layers": config["layers"], "hidden": config["hidden"], "dropout": config["dropout"],
+            "batch_size": config["batch_size"], "num_steps": config["num_steps"],
+            "tokens_per_s": summary["tokens_per_s"]}
 
 
 def split(text: str) -> tuple[str, str]:
@@ -183,7 +190,7 @@ def split(text: str) -> tuple[str, str]:
 
 
 def evaluate(name: str, text: str, corpus: Path | None, budgets, work: Path, *,
-             order=None, alphabet_size=None) -> dict:
+             order=None, alphabet_size=None, kinds=(None,)) -> dict:
     """One row: the baselines on the whole held-out slice, and per budget rnnkit with the
     baselines again on exactly the characters rnnkit's evaluation scored."""
     train, val = split(text)
@@ -194,12 +201,14 @@ def evaluate(name: str, text: str, corpus: Path | None, budgets, work: Path, *,
            "kneser_ney": float(kn.mean()), "kn_order": kn_order,
            **compressor_bits(train, val), "rnnkit": {}}
     for budget in budgets:
-        m = rnnkit_bits(corpus, budget, work)
-        same = scored_positions(len(val), m["batch_size"], m["num_steps"])
-        m["kneser_ney_same"] = float(kn[same].mean())
-        m["oracle_same"] = float(oracle[same].mean()) if oracle is not None else None
-        row["rnnkit"][str(budget)] = m
-        print(f"  {name} {budget:g} s: {m}", file=sys.stderr)
+        for kind in kinds:
+            m = rnnkit_bits(corpus, budget, work, kind)
+            steps = m["num_steps"] // 2 if m["kind"] == "transformer" else m["num_steps"]
+            same = scored_positions(len(val), m["batch_size"], steps)
+            m["kneser_ney_same"] = float(kn[same].mean())
+            m["oracle_same"] = float(oracle[same].mean()) if oracle is not None else None
+            row["rnnkit"][f"{budget:g} s {kind or 'chosen'}"] = m
+            print(f"  {name} {budget:g} s {kind or 'chosen'}: {m}", file=sys.stderr)
     return row
 
 
@@ -208,6 +217,11 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="corpora to run (default: all)")
     ap.add_argument("--budget-scale", type=float, default=1.0)
     ap.add_argument("--json-out")
+    ap.add_argument("--budgets", type=float, nargs="*",
+                    help="seconds of training on the real corpora (default: each one's own)")
+    ap.add_argument("--kinds", nargs="*", choices=("lstm", "mingru", "minlstm", "transformer"),
+                    help="train each of these kinds (--cell) on the real corpora, side by side, "
+                         "instead of the kind the preset chooses")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -229,7 +243,9 @@ def main() -> None:
                 continue
             from rnnkit.data import time_machine_text
             text = time_machine_text() if path is None else path.read_text(encoding="utf-8")
-            rows.append(evaluate(name, text, path, [b * args.budget_scale for b in budgets], work))
+            budgets = args.budgets or budgets
+            rows.append(evaluate(name, text, path, [b * args.budget_scale for b in budgets], work,
+                                 kinds=args.kinds or (None,)))
     print_table(rows)
     line = json.dumps({"benchmark": "quality", "rows": rows})
     print(line)
@@ -244,20 +260,26 @@ def fmt(v: float | None) -> str:
 def print_table(rows: list[dict]) -> None:
     """rnnkit against the oracle and Kneser–Ney scored on the same characters (the ones its
     evaluation covers); floor, bzip2 and xz over the whole held-out slice."""
-    print("| corpus | budget | rnnkit bits/char (ppl) | network alone | oracle | floor "
-          "| Kneser–Ney (n) | bzip2 | xz | rnnkit vs oracle | vs Kneser–Ney | model |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("| corpus | budget | rnnkit bits/char (ppl) | network alone | nats/char (network "
+          "alone) | wall s | oracle | floor | Kneser–Ney (n) | bzip2 | xz | rnnkit vs oracle "
+          "| vs Kneser–Ney | model |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    names = {"lstm": "LSTM", "mingru": "minGRU", "minlstm": "minLSTM",
+             "transformer": "transformer"}
     for r in rows:
-        for budget, m in r["rnnkit"].items():
+        for m in r["rnnkit"].values():
             oracle, kn = m["oracle_same"], m["kneser_ney_same"]
             vs = f"{2 ** (m['bits'] - oracle) - 1:+.1%} ppl" if oracle else ""
-            print(f"| {r['corpus']} | {float(budget):g} s | {m['bits']:.3f} ({m['val_ppl']:.2f}) "
-                  f"| {m['network_bits']:.3f} | {fmt(oracle)} | {fmt(r['floor'])} | {kn:.3f} "
+            layers = f"{m['layers']}×" if m["layers"] > 1 else ""
+            print(f"| {r['corpus']} | {m['budget']:g} s | {m['bits']:.3f} ({m['val_ppl']:.2f}) "
+                  f"| {m['network_bits']:.3f} | {m['nats']:.3f} ({m['network_nats']:.3f}) "
+                  f"| {m['wall_s']:.0f} | {fmt(oracle)} | {fmt(r['floor'])} | {kn:.3f} "
                   f"({r['kn_order'] + 1}) | {r['bzip2']:.3f} | {r['xz']:.3f} | {vs} "
                   f"| {m['bits'] - kn:+.4f} bits "
-                  f"| LSTM-{m['hidden']} dropout {m['dropout']}, best epoch {m['best_epoch']} "
-                  f"of {m['epochs']}" + (f", {m['ngram_order'] + 1}-gram mixed in"
-                                         if m['ngram_order'] else "") + " |")
+                  f"| {names[m['kind']]} {layers}{m['hidden']} dropout {m['dropout']}, window "
+                  f"{m['num_steps']}, best epoch {m['best_epoch']} of {m['epochs']}"
+                  + (f", {m['ngram_order'] + 1}-gram mixed in" if m['ngram_order'] else "")
+                  + " |")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ MODERN_CELLS = ("mingru", "minlstm", "transformer")
 BOOK_PREFIX = "time traveller"      # the chapter's sample prefix
 BOOK_MAX_TOKENS = 10_000            # the chapter trains on the book's first 10,000 characters
 CHOICES = {"clean": CLEAN_MODES, "token": TOKEN_MODES,
-           "cell": ("rnn", "gru", "lstm", "mingru", "minlstm", "transformer"), "impl": ("bptt", "autograd", "torch"),
+           "cell": ("rnn", "gru", "lstm", "mingru", "minlstm", "transformer"),
+           "impl": ("bptt", "autograd", "torch"),
            "precision": ("fp32", "bf16", "fp16"), "sampling": ("sequential", "random"),
            "optimizer": ("sgd", "adam", "adamw"), "schedule": ("constant", "cosine", "plateau"),
            "end_on": ("best", "last")}

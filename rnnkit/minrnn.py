@@ -3,9 +3,11 @@ hidden state taken out of their gates, so that a whole window trains at once —
 per layer for every gate of every step, then a scan over time — while generation stays a cheap
 recurrent step.
 
-    minGRU:   z_t = σ(x_t W_z + b_z)   h̃_t = g(x_t W_h + b_h)   h_t = (1 − z_t) ⊙ h_{t−1} + z_t ⊙ h̃_t
+    minGRU:   z_t = σ(x_t W_z + b_z)   h̃_t = g(x_t W_h + b_h)
+              h_t = (1 − z_t) ⊙ h_{t−1} + z_t ⊙ h̃_t
     minLSTM:  f_t = σ(x_t W_f + b_f)   i_t = σ(x_t W_i + b_i)   h̃_t = g(x_t W_h + b_h)
-              f'_t, i'_t = f_t / (f_t + i_t), i_t / (f_t + i_t)   h_t = f'_t ⊙ h_{t−1} + i'_t ⊙ h̃_t
+              f'_t, i'_t = f_t / (f_t + i_t), i_t / (f_t + i_t)
+              h_t = f'_t ⊙ h_{t−1} + i'_t ⊙ h̃_t
 
 g(x) = x + ½ for x ≥ 0, σ(x) below keeps every state positive, so that the scan runs in log space
 (the paper's appendix B.3): h_t = a_t h_{t−1} + b_t over a window is
@@ -59,7 +61,8 @@ def scan_log(log_a: torch.Tensor, log_b: torch.Tensor, h0: torch.Tensor) -> torc
 
 class LinearRecurrence(torch.autograd.Function):
     """h_t = a_t ⊙ h_{t−1} + b_t over a window, in place, and its gradient by hand:
-    dh_t = ∂L/∂h_t + a_{t+1} ⊙ dh_{t+1},  da_t = dh_t ⊙ h_{t−1},  db_t = dh_t,  dh_0 = a_1 ⊙ dh_1."""
+    dh_t = ∂L/∂h_t + a_{t+1} ⊙ dh_{t+1},  da_t = dh_t ⊙ h_{t−1},  db_t = dh_t,
+    dh_0 = a_1 ⊙ dh_1."""
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:

@@ -27,9 +27,36 @@ WIDTHS = (64, 128, 192, 256, 384, 512, 768, 1024)
 EMBED = 64
 PARAMS_PER_TOKEN = 6.0      # step 1: parameters allowed per training token (dropout covers it)
 MIN_EPOCHS = 8.0            # step 2: passes over the training slice the budget must allow
-TOKENS_PER_PARAMETER = 20   # step 2, large corpora: tokens seen per parameter (compute-bound)
+TOKENS_PER_PARAMETER = 20   # step 2, large corpora: tokens seen per parameter (the LSTM's)
 FLOPS_PER_SECOND = 1.1e11   # step 2: a 2-core Zen 4 training torch's fused LSTM (measured)
 MAX_DROPOUT = 0.5
+
+
+# Every kind is sized by steps 1–3 at a fixed depth and window, with its own tokens per
+# parameter (step 2) and batch, from runs on Tiny Shakespeare at 120 s (README "Recurrences of
+# today"): the blocks with MLPs learned best with far fewer tokens per parameter than the LSTM
+# and with batches of 16 (more updates). lr: AdamW's peak (nanoGPT's char model: 1e-3).
+KINDS = {"lstm": dict(layers=1, num_steps=100, lr=3e-3,
+                      tokens_per_parameter=TOKENS_PER_PARAMETER),
+         "mingru": dict(layers=3, num_steps=128, lr=3e-3, tokens_per_parameter=5,
+                        batch_size=16),
+         "minlstm": dict(layers=3, num_steps=128, lr=3e-3, tokens_per_parameter=5,
+                         batch_size=16),
+         "transformer": dict(layers=4, num_steps=64, lr=1e-3, tokens_per_parameter=5,
+                             batch_size=16)}
+BLOCK_WIDTHS = (64, 96, 128, 192, 256, 384, 512, 768)
+
+
+def parameters(kind: str, hidden: int, vocab_size: int) -> int:
+    """Weights of the preset's model of `kind` at width `hidden` (norms and biases included
+    roughly: they are a fraction of a percent)."""
+    if kind == "lstm":
+        return lstm_parameters(hidden, vocab_size)
+    layers, H = KINDS[kind]["layers"], hidden
+    if kind == "transformer":                        # attention 4H², MLP 8H², positions
+        return vocab_size * H + KINDS[kind]["num_steps"] * H + layers * (12 * H * H + 13 * H)
+    gates = 2 if kind == "mingru" else 3             # gates and h̃ from x, then the MLP
+    return 2 * vocab_size * H + vocab_size + layers * ((gates * H + 8 * H) * H + 7 * H)
 
 
 def lstm_parameters(hidden: int, vocab_size: int, embed: int = EMBED) -> int:
@@ -38,9 +65,11 @@ def lstm_parameters(hidden: int, vocab_size: int, embed: int = EMBED) -> int:
 
 
 def tokens_per_second(hidden: int, vocab_size: int, rate: float = FLOPS_PER_SECOND,
-                      embed: int = EMBED) -> float:
+                      embed: int = EMBED, kind: str = "lstm") -> float:
     """Expected training speed at `rate` FLOP/s: forward + backward ≈ 6 FLOPs per weight."""
-    return rate / (6 * lstm_parameters(hidden, vocab_size, embed))
+    weights = lstm_parameters(hidden, vocab_size, embed) if kind == "lstm" else \
+        parameters(kind, hidden, vocab_size)
+    return rate / (6 * weights)
 
 
 def measure_rate(device: str = "cpu", seconds: float = 0.5) -> float:
@@ -72,26 +101,40 @@ def measure_rate(device: str = "cpu", seconds: float = 0.5) -> float:
 
 
 def affordable(hidden: int, vocab_size: int, train_tokens: int, time_budget: float,
-               rate: float) -> bool:
+               rate: float, kind: str = "lstm") -> bool:
     """Step 2: whether the budget lets this width see MIN_EPOCHS passes over the training
     slice, or TOKENS_PER_PARAMETER tokens per parameter where that is fewer (no budget: yes)."""
-    needed = min(MIN_EPOCHS * train_tokens,
-                 TOKENS_PER_PARAMETER * lstm_parameters(hidden, vocab_size))
-    return not time_budget or tokens_per_second(hidden, vocab_size, rate) * time_budget >= needed
+    needed = min(MIN_EPOCHS * train_tokens, KINDS[kind]["tokens_per_parameter"]
+                 * parameters(kind, hidden, vocab_size))
+    speed = tokens_per_second(hidden, vocab_size, rate, kind=kind)
+    return not time_budget or speed * time_budget >= needed
+
+
+def choose_kind(train_tokens: int, time_budget: float, device: str = "cpu") -> tuple[str, str]:
+    """Step 0: the kind of model, and why (see README "Recurrences of today")."""
+    return "lstm", ("an LSTM: on this project's 2-core CPU it beat minGRU, minLSTM and the "
+                    "transformer at every budget measured, 120-600 s (benchmarks/quality.py "
+                    "--kinds)")
 
 
 def quality_settings(train_tokens: int, vocab_size: int, time_budget: float,
-                     rate: float = FLOPS_PER_SECOND) -> dict:
+                     rate: float = FLOPS_PER_SECOND, kind: str | None = None) -> dict:
     """The sized part of `--preset quality` (see the module docstring for the rule); `rate`:
-    this machine's training FLOP/s (`measure_rate`)."""
-    fits_data = [h for h in WIDTHS
-                 if lstm_parameters(h, vocab_size) <= PARAMS_PER_TOKEN * train_tokens]
-    fits_time = [h for h in WIDTHS
-                 if affordable(h, vocab_size, train_tokens, time_budget, rate)]
-    hidden = min(max(fits_data, default=WIDTHS[0]), max(fits_time, default=WIDTHS[0]))
-    excess = math.log2(max(lstm_parameters(hidden, vocab_size) / train_tokens, 1.0))
+    this machine's training FLOP/s (`measure_rate`); `kind`: a --cell given, else chosen."""
+    why = None
+    if kind is None:
+        kind, why = choose_kind(train_tokens, time_budget)
+    widths = WIDTHS if kind == "lstm" else BLOCK_WIDTHS
+    fits_data = [h for h in widths
+                 if parameters(kind, h, vocab_size) <= PARAMS_PER_TOKEN * train_tokens]
+    fits_time = [h for h in widths
+                 if affordable(h, vocab_size, train_tokens, time_budget, rate, kind)]
+    hidden = min(max(fits_data, default=widths[0]), max(fits_time, default=widths[0]))
+    excess = math.log2(max(parameters(kind, hidden, vocab_size) / train_tokens, 1.0))
     dropout = round(min(MAX_DROPOUT, 0.1 + 0.1 * excess), 2)
-    batch_size = 64 if train_tokens >= 500_000 else 32
-    return {"hidden": hidden, "embed": EMBED, "dropout": dropout,
+    shape = KINDS[kind]
+    batch_size = shape.get("batch_size", 64 if train_tokens >= 500_000 else 32)
+    return {"cell": kind, "hidden": hidden, "embed": EMBED if kind == "lstm" else 0,
+            "layers": shape["layers"], "dropout": dropout, "lr": shape["lr"],
             "weight_decay": 0.1 if excess > 2 else 0.01, "batch_size": batch_size,
-            "num_steps": 100, "patience": 5}
+            "num_steps": shape["num_steps"], "patience": 5, "why": why}

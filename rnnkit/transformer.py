@@ -22,7 +22,7 @@ from torch import nn
 from .errors import UsageError
 from .models import LanguageModel
 
-HEAD_SIZE = 64          # nanoGPT's char model: 384 wide, 6 heads
+HEAD_SIZE, MAX_HEADS = 32, 6     # nanoGPT's char models: 128 wide, 4 heads; 384 wide, 6 heads
 
 
 class SelfAttention(nn.Module):
@@ -73,10 +73,10 @@ class Transformer(LanguageModel):
     cell = "transformer"
 
     def __init__(self, vocab_size: int, num_hiddens: int, *, context: int, num_layers: int = 1,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, heads: int | None = None):
         super().__init__()
         self.vocab_size, self.num_hiddens, self.context = vocab_size, num_hiddens, context
-        heads = max(1, num_hiddens // HEAD_SIZE)
+        heads = heads or max(1, min(MAX_HEADS, num_hiddens // HEAD_SIZE))
         while num_hiddens % heads:
             heads -= 1
         self.heads = heads

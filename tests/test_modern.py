@@ -14,8 +14,8 @@ from rnnkit import Run, TrainConfig
 from rnnkit.cli import main
 from rnnkit.generate import beam_search, generate_ids
 from rnnkit.minrnn import MinCell, MinRNN, linear_recurrence
-from rnnkit.transformer import Transformer, sliding_logits, windowed_logits
 from rnnkit.train import evaluate
+from rnnkit.transformer import Transformer, sliding_logits, windowed_logits
 
 KINDS = ("mingru", "minlstm")
 

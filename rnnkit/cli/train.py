@@ -42,14 +42,16 @@ def add_parsers(sub) -> None:
     opt(g, "--val-fraction", float, "held-out validation share, e.g. 0.1")
     opt(g, "--test-fraction", float, "held-out test share at the very end, e.g. 0.05")
     g = t.add_argument_group("model")
-    opt(g, "--cell", help="the recurrent cell")
+    opt(g, "--cell", help="the recurrent cell; mingru/minlstm train in parallel over time; "
+                          "transformer: nanoGPT's shape, its context --num-steps")
     opt(g, "--impl", help="bptt: hand-derived backward; autograd: the book's loop; torch: "
                           "nn.RNN/GRU/LSTM (picked for you when the flags need it)")
-    opt(g, "--hidden", int, "hidden units, e.g. 512")
+    opt(g, "--hidden", int, "hidden units, e.g. 512 (transformer: its width)")
     opt(g, "--precision", help="fp16: CUDA, with a gradient scaler")
     opt(g, "--layers", int, "stacked layers (--impl torch)")
     opt(g, "--dropout", float, "dropout, e.g. 0.25 (--impl torch)")
-    opt(g, "--embed", int, "learned embedding size, 0 = one-hot (--impl torch)")
+    opt(g, "--embed", int, "learned embedding size, 0 = one-hot (--impl torch; mingru/minlstm: "
+                           "their residual width, 0 = --hidden)")
     g.add_argument("--tie", action="store_true", default=None,
                    help="tie embedding and output weights (needs --embed == --hidden)")
     opt(g, "--ngram", int, "mix in a Kneser-Ney model of up to N tokens of context, fitted "

@@ -26,12 +26,18 @@ def resolve_settings(given: dict, preset: str = "d2l", *, corpus: tuple[int, int
     """(the TrainConfig of a new run, a note to show or None). `given`: the flags the user gave;
     `corpus`: (training tokens, vocabulary size) and `rate`: this machine's training FLOP/s,
     which the quality preset sizes its model with (without them it keeps its fixed part)."""
-    settings = dict(PRESETS[preset])
+    settings, why = dict(PRESETS[preset]), None
     if preset == "quality" and corpus is not None:
         from ..recipe import quality_settings
-        settings.update(quality_settings(*corpus, given.get("time_budget") or 0.0, rate))
+        sized = quality_settings(*corpus, given.get("time_budget") or 0.0, rate,
+                                 kind=given.get("cell"))
+        why = sized.pop("why")
+        settings.update(sized)
     settings.update(given)
     settings, note = choose_impl(settings, given)
+    if why:
+        why = f"--preset quality chose {why}; --cell picks another kind"
+        note = f"{note}; {why}" if note else why
     return TrainConfig(**settings).validate(), note
 
 
