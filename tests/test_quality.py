@@ -7,22 +7,27 @@ import torch
 from rnnkit import checkpoint as ckpt
 from rnnkit.cli import main
 from rnnkit.generate import generate_ids
-from rnnkit.recipe import (MIN_EPOCHS, PARAMS_PER_TOKEN, lstm_parameters, quality_settings,
+from rnnkit.recipe import (KINDS, MIN_EPOCHS, PARAMS_PER_TOKEN, parameters, quality_settings,
                            tokens_per_second)
 
 RATE = 1.1e11                          # this machine's measured training FLOP/s
 
 
+@pytest.mark.parametrize("kind", [None, "lstm", "mingru", "minlstm", "transformer"])
 @pytest.mark.parametrize("tokens,vocab,budget", [
     (90_000, 28, 60), (161_000, 80, 240), (900_000, 65, 86), (900_000, 65, 600),
     (100_000_000, 200, 3600), (50_000, 5000, 120)])
-def test_the_recipe_keeps_its_rule_on_small_and_large_corpora(tokens, vocab, budget):
-    s = quality_settings(tokens, vocab, budget, RATE)
-    params = lstm_parameters(s["hidden"], vocab)
+def test_the_recipe_keeps_its_rule_on_small_and_large_corpora(tokens, vocab, budget, kind):
+    s = quality_settings(tokens, vocab, budget, RATE, kind=kind)
+    assert s["cell"] == (kind or s["cell"]) and (s["why"] is None) == (kind is not None)
+    kind = s["cell"]
+    params = parameters(kind, s["hidden"], vocab)
     assert params <= PARAMS_PER_TOKEN * tokens or s["hidden"] == 64          # step 1
-    seen = tokens_per_second(s["hidden"], vocab, RATE) * budget
-    assert seen >= min(MIN_EPOCHS * tokens, 20 * params) or s["hidden"] == 64  # step 2
-    assert 0.1 <= s["dropout"] <= 0.5 and s["patience"] > 0                  # step 3, 4
+    seen = tokens_per_second(s["hidden"], vocab, RATE, kind=kind) * budget
+    assert seen >= min(MIN_EPOCHS * tokens, KINDS[kind]["tokens_per_parameter"] * params) \
+        or s["hidden"] == 64                                                 # step 2
+    assert (0.1 if kind == "lstm" else 0) <= s["dropout"] <= 0.5 and s["patience"] > 0  # 3, 4
+    assert s["layers"] == KINDS[kind]["layers"] and s["num_steps"] == KINDS[kind]["num_steps"]
 
 
 def test_the_recipe_grows_with_the_data_and_the_budget():
@@ -77,6 +82,20 @@ def test_a_run_ends_on_its_best_epoch_and_keeps_the_last(tmp_path, capsys):
     assert main(["train", "--resume", str(out), "--epochs", "13"]) == 0   # resumes the last state
     _, info, _ = ckpt.read_checkpoint(out / "model.safetensors")
     assert info["epoch"] == 13
+
+
+def test_the_preset_chooses_a_kind_says_why_and_sizes_the_one_asked_for(tmp_path, capsys):
+    from rnnkit.cli import new_config
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(_random_text(20_000))
+    config = new_config({"corpus": str(corpus), "time_budget": 300}, "quality")
+    note = capsys.readouterr().err
+    assert config.cell in KINDS and config.impl == "torch"
+    assert "--preset quality chose" in note and "--cell picks another kind" in note
+    gpt = new_config({"corpus": str(corpus), "cell": "transformer"}, "quality")
+    assert "chose" not in capsys.readouterr().err             # asked for: nothing to explain
+    assert (gpt.cell, gpt.impl, gpt.layers, gpt.num_steps, gpt.embed, gpt.lr) == (
+        "transformer", "torch", 4, 64, 0, 1e-3)
 
 
 def test_the_quality_preset_mixes_in_an_ngram_model_and_the_chapter_does_not(tmp_path):
