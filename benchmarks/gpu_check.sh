@@ -2,7 +2,7 @@
 # The CUDA path, checked on a lent GPU machine in one go (under 8 minutes on an H200):
 #   1. rnnkit from this working tree in that machine's Python, and the test suite there;
 #   2. short trainings on the device: the chapter (bptt, autograd, torch), GRU and LSTM (bptt,
-#      torch), in fp32, bf16 and fp16 — the loss must fall and stay finite; a resumed run must
+#      torch), minGRU/minLSTM (the log-space scan) and the transformer, in fp32, bf16 and fp16 — the loss must fall and stay finite; a resumed run must
 #      equal an uninterrupted one; a run trained on the device must generate on the CPU;
 #   3. a speed table (benchmarks/gpu_speed.py): the book's loop, nn.RNN, rnnkit bptt / torch;
 #   4. the log, the table and a summary as JSON under $OUT.
@@ -74,11 +74,14 @@ print(" → ".join(f"{r['train_ppl']:.2f}" for r in rows), f"(val {rows[-1]['val
       f"{rows[-1]['tokens_per_s']:,.0f} tokens/s)")
 EOF
 }
-for combo in rnn:bptt rnn:autograd rnn:torch gru:bptt gru:torch lstm:bptt lstm:torch; do
+for combo in rnn:bptt rnn:autograd rnn:torch gru:bptt gru:torch lstm:bptt lstm:torch \
+             mingru:torch minlstm:torch transformer:torch; do
   cell=${combo%%:*} impl=${combo##*:}
+  extra=()      # the blocks (minGRU: the log-space scan on a GPU) train with AdamW
+  case $cell in min*|transformer) extra=(--optimizer adamw --lr 3e-3 --layers 2 --num-steps 64);; esac
   for precision in $PRECISIONS; do
     run="$WORK/$cell-$impl-$precision"
-    "$PY" -m rnnkit train "${COMMON[@]}" --cell "$cell" --impl "$impl" \
+    "$PY" -m rnnkit train "${COMMON[@]}" --cell "$cell" --impl "$impl" "${extra[@]}" \
         --precision "$precision" --epochs 4 --out "$run" >"$run.out" 2>"$run.err"
     code=$?
     if [ $code = 2 ]; then     # a combination rnnkit refuses by design, in one line

@@ -75,7 +75,7 @@ SETTING_ERRORS = [
     (["--epochs", "-1"], "--epochs must be 0 or more"),
     (["--val-fraction", "1"], "--val-fraction must be in [0, 1)"),
     (["--val-fraction", "-0.1"], "--val-fraction must be in [0, 1)"),
-    (["--cell", "transformer"], "--cell must be one of"),
+    (["--cell", "mamba"], "--cell must be one of"),
     (["--impl", "magic"], "--impl must be one of"),
     (["--clean", "strip"], "--clean must be one of"),
     (["--sampling", "shuffle"], "--sampling must be one of"),
