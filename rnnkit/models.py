@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import bptt
+from .config import MODERN_CELLS
 from .errors import UsageError
 
 MAX_PARAMETERS = 1 << 30     # 4 GiB of fp32 weights (16 GiB with Adam): far beyond a char model
@@ -291,7 +292,7 @@ class TorchRNN(LanguageModel):
 def build_model(vocab_size: int, config) -> LanguageModel:
     """The model a `TrainConfig` names, initialised from its seed (no global RNG touched)."""
     generator = torch.Generator().manual_seed(config.seed)
-    if config.cell in ("mingru", "minlstm", "transformer"):
+    if config.cell in MODERN_CELLS:         # torch modules, in their own files
         from .minrnn import MinRNN
         from .transformer import Transformer
         with torch.random.fork_rng(devices=[]):

@@ -1,7 +1,6 @@
 """The recurrences of today and the yardstick: minGRU/minLSTM's three ways to the same states
 (scan, in-place recurrence, step by step), the transformer's cache against recomputing, both
 causal, both through eval, generation, the lab, ONNX and an exact resume."""
-import io
 import json
 import math
 
@@ -16,6 +15,8 @@ from rnnkit.generate import beam_search, generate_ids
 from rnnkit.minrnn import MinCell, MinRNN, linear_recurrence
 from rnnkit.train import evaluate
 from rnnkit.transformer import Transformer, sliding_logits, windowed_logits
+
+from test_runs import assert_stopped_run_resumes_bitwise
 
 KINDS = ("mingru", "minlstm")
 
@@ -130,33 +131,12 @@ def test_sliding_evaluation_scores_every_token_once_with_half_a_context():
     assert math.isclose(loss, float(expected), rel_tol=1e-6)
 
 
-def _figures(path):
-    rows = (path / "metrics.jsonl").read_text().splitlines()
-    return [(r["epoch"], r["train_ppl"], r["val_ppl"]) for r in map(json.loads, rows)]
-
-
 @pytest.mark.parametrize("cell", ["minlstm", "transformer"])
 def test_a_stopped_run_resumes_bitwise(cell, tmp_path, monkeypatch):
-    from rnnkit.checkpoint import read_checkpoint
-    from rnnkit.errors import Interrupted
-    from rnnkit.run.policies import Stopping
     config = TrainConfig(cell=cell, impl="torch", hidden=32, layers=2, dropout=0.2, epochs=3,
                          max_tokens=3000, batch_size=8, num_steps=16, sample_every=0,
                          val_fraction=0.05, optimizer="adamw", lr=3e-3)
-    Run.new(config, tmp_path / "whole").train(stdout=io.StringIO())
-    real = Stopping.after_step
-
-    def stop_once(self, state, team, cadence):
-        reason, due = real(self, state, team, cadence)
-        return ("signal" if (state.epoch, state.batch) == (1, 5) else reason), due
-    monkeypatch.setattr(Stopping, "after_step", stop_once)
-    with pytest.raises(Interrupted):
-        Run.new(config, tmp_path / "part").train(stdout=io.StringIO())
-    monkeypatch.setattr(Stopping, "after_step", real)
-    Run.resume(tmp_path / "part").train(stdout=io.StringIO())
-    assert _figures(tmp_path / "part") == _figures(tmp_path / "whole")
-    weights = [read_checkpoint(tmp_path / n / "model.safetensors")[0] for n in ("part", "whole")]
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])
+    assert_stopped_run_resumes_bitwise(config, tmp_path, monkeypatch, at=(1, 5))
 
 
 @pytest.fixture(scope="module")
