@@ -143,7 +143,7 @@ def main() -> None:
                                  f"{' ' + str(r['layers']) + '×' if r['layers'] > 1 else '-'}"
                                  f"{r['hidden']})", **r})
     base = rows[0]["network_nats"]
-    print(f"| tool | wall s | validation nats/char (network) | vs nanoGPT | with n-gram mixed in |")
+    print("| tool | wall s | validation nats/char (network) | vs nanoGPT | with n-gram mixed in |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:
         mix = f"{r['mixture_nats']:.3f}" if "mixture_nats" in r else ""

@@ -35,7 +35,6 @@ from torch import nn
 
 from .models import LanguageModel
 
-CELLS = ("mingru", "minlstm")
 GATES = {"mingru": ("z",), "minlstm": ("f", "i")}    # what the lab shows beside h
 
 
