@@ -262,10 +262,8 @@ def load_model(run_dir: str | os.PathLike, config: TrainConfig, vocab: Vocab, *,
                ngram: bool = True) -> LanguageModel:
     """The model of a run whose config and vocabulary are read (`load_run`)."""
     path = weights_path(run_dir, weights or config.end_on or "last")
-    with torch.device("meta"):                 # shapes only: nothing is allocated
-        shapes = expected_shapes(build_model(len(vocab), config))
-    tensors = read_checkpoint(path, shapes)[0]
-    model = build_model(len(vocab), config)
+    model = build_model(len(vocab), config)    # its size was checked with the config
+    tensors = read_checkpoint(path, expected_shapes(model))[0]
     load_weights_into(model, tensors, path)
     model = model.to(device).eval()
     if ngram and config.ngram and (Path(run_dir) / "ngram.safetensors").exists():

@@ -3,6 +3,7 @@ tests/book/extract.py): every PyTorch cell of the recurrent chapters runs in a r
 kernel with only the import line changed — the English edition's 1.0 API through
 `from rnnkit.d2l import v1 as d2l`, the Chinese edition's chapter 9 through `from rnnkit import
 d2l` — with the epochs cut short and a small English–French file planted for translation."""
+import asyncio
 import hashlib
 import io
 import json
@@ -71,16 +72,49 @@ def section(edition: str, name: str, workdir: Path):
     return nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
 
 
-def run_section(edition: str, name: str, tmp_path: Path):
+async def run_section(edition: str, name: str, tmp_path: Path):
     workdir = tmp_path / "book" / "notebook"
     workdir.mkdir(parents=True)
     nb = section(edition, name, tmp_path / "book")
-    NotebookClient(nb, timeout=600, kernel_name="python3").execute(cwd=str(workdir))
+    await NotebookClient(nb, timeout=600, kernel_name="python3").async_execute(cwd=str(workdir))
     outputs = [o for c in nb.cells for o in c.get("outputs", [])]
     text = "".join(o.get("text", "") or o.get("data", {}).get("text/plain", "") + "\n"
                    for o in outputs if o.get("output_type") in ("stream", "execute_result"))
     board = json.loads(text.split("BOARD ", 1)[1].splitlines()[0])
     return nb, text, board
+
+
+@pytest.fixture(scope="module")
+def sections(request, tmp_path_factory) -> dict:
+    """Every selected section's notebook run, two kernels at a time: each kernel is one thread
+    and spends most of its few seconds starting, so two keep both cores busy (half the time).
+    (edition, name) -> (nb, text, board), or the exception its run raised."""
+    editions = {"test_the_english_edition_runs_with_only_its_import_changed": "en",
+                "test_the_chinese_editions_chapter_9_runs_with_only_its_import_changed": "zh"}
+    wanted = [(editions[item.originalname], item.callspec.params["name"])
+              for item in request.session.items if item.originalname in editions]
+    kernels = asyncio.Semaphore(2)
+
+    async def one(edition, name):
+        async with kernels:
+            try:
+                return await run_section(edition, name, tmp_path_factory.mktemp(name))
+            except Exception as e:          # raised again by the section's own test
+                return e
+
+    async def every():
+        return await asyncio.gather(*(one(*key) for key in wanted))
+
+    with pytest.MonkeyPatch.context() as env:   # conftest's per-test setting comes too late
+        env.setenv("OMP_NUM_THREADS", "1")
+        return dict(zip(wanted, asyncio.run(every())))
+
+
+def executed(sections: dict, edition: str, name: str):
+    result = sections[edition, name]
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 EN_SECTIONS = ["sequence", "text-sequence", "language-model", "rnn", "rnn-scratch",
@@ -90,8 +124,8 @@ TRAINED = {"sequence", "rnn-scratch", "rnn-concise", "lstm", "gru", "deep-rnn", 
 
 
 @pytest.mark.parametrize("name", EN_SECTIONS)
-def test_the_english_edition_runs_with_only_its_import_changed(name, tmp_path):
-    nb, text, board = run_section("en", name, tmp_path)
+def test_the_english_edition_runs_with_only_its_import_changed(name, sections):
+    nb, text, board = executed(sections, "en", name)
     if name in TRAINED:                      # each training cell draws inline, in place
         fits = [c for c in nb.cells if "trainer.fit(" in c.source]
         assert fits and all(any("image/png" in o.get("data", {}) for o in c.outputs)
@@ -107,8 +141,8 @@ def test_the_english_edition_runs_with_only_its_import_changed(name, tmp_path):
 
 @pytest.mark.parametrize("name", ["bi-rnn", "machine-translation-and-dataset",
                                   "encoder-decoder", "seq2seq"])
-def test_the_chinese_editions_chapter_9_runs_with_only_its_import_changed(name, tmp_path):
-    nb, text, _ = run_section("zh", name, tmp_path)
+def test_the_chinese_editions_chapter_9_runs_with_only_its_import_changed(name, sections):
+    nb, text, _ = executed(sections, "zh", name)
     if name in ("bi-rnn", "seq2seq"):
         trains = [c for c in nb.cells if ("train_ch8(" in c.source or "train_seq2seq(" in
                                            c.source) and "def " not in c.source]

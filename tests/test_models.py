@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnkit.models import RNNScratch, TorchRNN, build_model
+from rnnkit.config import TrainConfig
+from rnnkit.models import RNNScratch, TorchRNN, build_model, count_parameters, size_bound
 
 
 def _model(impl="autograd", V=28, H=64, seed=0, **kw):
@@ -146,3 +147,19 @@ def test_gated_scratch_cells_equal_torch_outputs_and_gradients(cell):
         assert torch.allclose(m.b_hn.grad, gb_hh[2 * H:], atol=1e-5)
     else:
         assert torch.allclose(m.b_f.grad, gb_ih[H:2 * H], atol=1e-5)
+
+
+@pytest.mark.parametrize("cell,impl", [("rnn", "bptt"), ("gru", "bptt"), ("lstm", "autograd"),
+                                       ("rnn", "torch"), ("lstm", "torch"), ("mingru", "torch"),
+                                       ("minlstm", "torch"), ("transformer", "torch")])
+def test_the_size_bound_that_spares_the_meta_build_exceeds_every_kinds_count(cell, impl):
+    """check_size builds nothing below the bound, so the bound must hold for every kind."""
+    for vocab, hidden, embed, layers, steps, tie in [
+            (1, 1, None, 1, 1, False), (28, 32, None, 3, 200, False), (5000, 64, 8, 2, 35, False),
+            (3, 96, 200, 4, 512, False), (60, 64, 64, 2, 64, True)]:
+        if (embed is not None or tie) and impl != "torch" or tie and embed != hidden \
+                or cell == "transformer" and (embed is not None or tie):
+            continue
+        config = TrainConfig(cell=cell, impl=impl, hidden=hidden, embed=embed, layers=layers,
+                             num_steps=steps, tie=tie)
+        assert count_parameters(vocab, config) < size_bound(vocab, config)

@@ -43,7 +43,13 @@ class Reporter:
                  active: bool = True):
         self.out, self.epochs, self.sample_every, self.samples = out, epochs, sample_every, samples
         self.json_lines, self.stdout, self.active = json_lines, stdout or sys.stdout, active
-        self.bar = None
+        self.bar, self.plotted = None, 0       # epochs in perplexity.png
+
+    def plot(self, metrics: list[dict]) -> None:
+        """perplexity.png, unless it already shows these epochs (a plot costs ~0.5 s)."""
+        if metrics and len(metrics) != self.plotted:
+            plot_perplexity(self.out / "perplexity.png", metrics)
+            self.plotted = len(metrics)
 
     def start(self, metrics: list[dict]) -> None:
         """metrics.jsonl as the state says (a resumed run drops lines a crash left after it)."""
@@ -67,7 +73,7 @@ class Reporter:
                 record = {**record, "sample": self.samples()[0]}
                 text = record["sample"]
             if epoch % 10 == 0 or epoch == self.epochs:
-                plot_perplexity(self.out / "perplexity.png", metrics)
+                self.plot(metrics)
             if self.json_lines:
                 print(json.dumps(record), file=self.stdout, flush=True)
             elif text is not None:
@@ -83,8 +89,7 @@ class Reporter:
         """The closing lines: the book's perplexity/speed line, validation, samples."""
         if not self.active:
             return
-        if metrics:
-            plot_perplexity(self.out / "perplexity.png", metrics)
+        self.plot(metrics)
         if self.json_lines:
             print(json.dumps(summary), file=self.stdout, flush=True)
             return
