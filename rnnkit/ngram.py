@@ -190,6 +190,84 @@ class KneserNey:
                         + table.discount * seen * p[found]) / total
         return p
 
+    def row_probs(self, history: list[int]) -> tuple[np.ndarray, int]:
+        """`next_probs` of one history (≥ order ids, −1 before the text) and how often its
+        top context occurred, the recursion unrolled: p = Σ_k (Π_{m>k} b_m)·a_k + Π_k b_k / V
+        over the seen contexts, a_k = max(c − D, 0)/c(h), b_k = D·N(h·)/c(h). A generation
+        step: one lookup per context length, then a handful of numpy calls in all."""
+        tokens, shares, tables = self._flat_tables()
+        V, key, seen, top = self.vocab_size, 0, [], 0
+        for k, (contexts, starts, backoff) in enumerate(tables):
+            if k:
+                token = history[len(history) - k]
+                if token < 0:                                 # before the text: no context
+                    break
+                key += token * V ** (k - 1)
+            j = int(contexts.searchsorted(key))
+            if j == len(contexts) or contexts[j] != key:   # nor, then, any longer one: each
+                break                                      # longer context holds this one
+            seen.append((int(starts[j]), int(starts[j + 1]), float(backoff[j])))
+            top = int(self.tables[k].totals[j]) if k == self.order else 0
+        scales, scale = [], 1.0
+        for _, _, b in reversed(seen):                        # from the longest context down
+            scales.append(scale)
+            scale *= b
+        lo = np.array([s[0] for s in reversed(seen)], np.int64)
+        lengths = np.array([s[1] - s[0] for s in reversed(seen)], np.int64)
+        first = np.cumsum(lengths) - lengths
+        pairs = np.arange(lengths.sum()) + np.repeat(lo - first, lengths)  # (Σ lengths,)
+        p = np.bincount(tokens[pairs], shares[pairs] * np.repeat(scales, lengths), V)
+        return p + scale / V, top
+
+    def rows_probs(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`row_probs` of every history row (R, L) at once: (R, V) and (R,), bitwise the same
+        values (the same products, summed in the same order), in ~12 numpy calls an order
+        whatever R — for the several streams of a beam or of the lab."""
+        tokens, shares, tables = self._flat_tables()
+        (R, L), V = history.shape, self.vocab_size
+        key, alive, top = np.zeros(R, np.int64), np.ones(R, bool), np.zeros(R, np.int64)
+        seen = []                                    # per context length: rows, lo, hi, b
+        for k, (contexts, starts, backoff) in enumerate(tables):
+            if k:
+                token = history[:, L - k]
+                alive &= token >= 0
+                key = key + np.maximum(token, 0) * V ** (k - 1)
+            j = np.minimum(contexts.searchsorted(key), len(contexts) - 1)
+            alive &= contexts[j] == key               # unseen: nor any longer one (row_probs)
+            rows = np.flatnonzero(alive)
+            if not len(rows):
+                break
+            j = j[rows]
+            seen.append((rows, starts[j], starts[j + 1], backoff[j]))
+            if k == self.order:
+                top[rows] = self.tables[k].totals[j]
+        scale, pieces = np.ones(R), []
+        for rows, lo, hi, b in reversed(seen):                 # from the longest context down
+            pieces.append((rows, lo, hi - lo, scale[rows]))
+            scale[rows] *= b
+        rows, lo, lengths, scales = (np.concatenate(x) for x in zip(*pieces)) if pieces else \
+            (np.zeros(0, np.int64),) * 3 + (np.zeros(0),)
+        first = np.cumsum(lengths) - lengths
+        pairs = np.arange(lengths.sum()) + np.repeat(lo - first, lengths)  # (Σ lengths,)
+        p = np.bincount(np.repeat(rows, lengths) * V + tokens[pairs],
+                        shares[pairs] * np.repeat(scales, lengths), R * V).reshape(R, V)
+        return p + scale[:, None] / V, top
+
+    def _flat_tables(self):
+        """Every table's pairs in two flat arrays — next token (ΣP,), discounted share (ΣP,) —
+        and per table (contexts, starts into the flat arrays, back-off weights); made once."""
+        if getattr(self, "_flat", None) is None:
+            tokens, shares, tables, offset = [], [], [], 0
+            for t in self.tables:
+                seen = np.diff(t.starts)                                  # N(h·) (C,)
+                total = np.repeat(t.totals, seen).astype(np.float64)      # c(h) per pair
+                tokens.append(t.keys % self.vocab_size)
+                shares.append(np.maximum(t.counts - t.discount, 0) / total)
+                tables.append((t.contexts, t.starts + offset, t.discount * seen / t.totals))
+                offset += len(t.keys)
+            self._flat = np.concatenate(tokens), np.concatenate(shares), tables
+        return self._flat
+
     def evidence(self, history: np.ndarray) -> np.ndarray:
         """The λ bucket of each row (M,): floor(log2(1 + how often its top context occurred))."""
         top = self.tables[-1]
@@ -311,8 +389,7 @@ class NgramMixture(LanguageModel):
     def counted(self, contexts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The Kneser–Ney side of context rows (R, order): p_kn (R, V) and λ (R, 1). Generation
         asks for a few rows a step, and for the same contexts again and again: those come from
-        a cache, each row as `next_probs` computes it alone (rows are independent, so the
-        values are the same either way)."""
+        a cache, each row from `row_probs` (`next_probs` to 1e-15, ~7× faster for one row)."""
         if len(contexts) > CACHED_ROWS_AT_ONCE:                      # evaluation: no reuse
             return (self.ngram.next_probs(contexts),
                     self.weights[self.ngram.evidence(contexts)][:, None])
@@ -321,11 +398,15 @@ class NgramMixture(LanguageModel):
         known = {key: cache[key] for key in keys if key in cache}   # may read it meanwhile
         missing = [i for i, key in enumerate(keys) if key not in known]
         if missing:
-            rows = contexts[missing]
-            p_kn, lam = self.ngram.next_probs(rows), self.weights[self.ngram.evidence(rows)]
             if len(cache) + len(missing) > max(64, CACHE_VALUES // self.ngram.vocab_size):
                 self._cache = cache = {}                             # bounded memory
-            for j, i in enumerate(missing):
+            if len(missing) == 1:                                    # one stream: no arrays
+                p, top = self.ngram.row_probs(contexts[missing[0]].tolist())
+                p_kn, top = p[None], np.array([top])
+            else:
+                p_kn, top = self.ngram.rows_probs(contexts[missing])
+            lam = self.weights[np.minimum(np.log2(1 + top).astype(np.int64), BUCKETS - 1)]
+            for j, i in enumerate(missing):                            # λ as `evidence` says
                 known[keys[i]] = cache[keys[i]] = (p_kn[j], lam[j])
         found = [known[key] for key in keys]
         return np.stack([p for p, _ in found]), np.array([lam for _, lam in found])[:, None]
@@ -340,27 +421,31 @@ class NgramMixture(LanguageModel):
 
 class MixtureStepper:
     """One step for N streams of a mixture: the network's step, then the counts mixed in
-    for each stream's last ids (its history, (N, order))."""
+    for each stream's last ids (its history (N, order), −1 before the text) — `mix` for one
+    step, without its windows and chunks."""
 
     def __init__(self, mixture: NgramMixture, step, n: int, device):
         self.mixture, self.step = mixture, step
-        self.history = torch.zeros(n, mixture.ngram.order, dtype=torch.long, device=device)
+        self.history = np.full((n, mixture.ngram.order), -1, np.int64)
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         logits = self.step(ids)                                           # (N, V)
-        mixed, self.history = self.mixture.mix(logits[None], ids[:, None], self.history)
-        return mixed[0]                                                   # (N, V)
+        self.history = np.concatenate([self.history[:, 1:], ids.cpu().numpy()[:, None]], 1)
+        p_kn, lam = self.mixture.counted(self.history)                    # (N, V), (N, 1)
+        p_net = torch.softmax(logits.detach().cpu().double(), -1).numpy()  # (N, V)
+        mixed = np.log(lam * p_net + (1 - lam) * p_kn)                    # (N, V)
+        return torch.from_numpy(mixed).float().to(logits.device)
 
     def reorder(self, rows: torch.Tensor) -> None:
         self.step.reorder(rows)
-        self.history = self.history[rows]
+        self.history = self.history[rows.cpu().numpy()]
 
     def reset(self, rows: list[int]) -> None:
         self.step.reset(rows)
-        self.history[rows] = 0
+        self.history[rows] = -1
 
     def save(self, rows: list[int]):
-        return self.step.save(rows), self.history[rows].clone()
+        return self.step.save(rows), self.history[rows].copy()
 
     def restore(self, rows: list[int], saved) -> None:
         self.step.restore(rows, saved[0])

@@ -82,6 +82,26 @@ def test_kneser_ney_matches_its_plain_definition(order):
     np.testing.assert_allclose(dist[np.arange(len(held)), held], got, rtol=1e-12)
 
 
+@pytest.mark.parametrize("order", [1, 3, 6])
+def test_generations_unrolled_counts_are_the_recursions_and_one_row_is_many_rows(order):
+    """row_probs/rows_probs sum the same terms top-down: next_probs to 1e-15, and the one-row
+    and many-row paths bitwise alike, whatever rows share a step (so the cache is too)."""
+    V = 9
+    train, held = _ids(3000, V), _ids(400, V, seed=1)
+    raw, cont = count_tables(train, V, order)
+    kn = KneserNey(cont[:order] + [raw[order]])
+    hist = np.r_[_histories(held, order), _ids(60 * order, V, seed=2).reshape(60, order)]
+    hist[-5:, 0] = -1                                       # a longest context before the text
+    many, top = kn.rows_probs(hist)
+    np.testing.assert_allclose(many, kn.next_probs(hist), rtol=0, atol=1e-15)
+    assert np.array_equal(np.minimum(np.log2(1 + top).astype(np.int64), BUCKETS - 1),
+                          kn.evidence(hist))
+    for i in range(len(hist)):
+        one, count = kn.row_probs(hist[i].tolist())
+        assert np.array_equal(one, many[i]) and count == top[i]
+    assert np.array_equal(kn.rows_probs(hist[::-1])[0], many[::-1])
+
+
 def test_keys_never_overflow_for_large_vocabularies():
     assert max_context(28) >= 8 and max_context(5000) == 4 and max_context(10 ** 6) == 2
     V = 5000
