@@ -31,7 +31,7 @@ def trace(view: CellLayers, ids: list[int]) -> dict:
     x = table[np.asarray(ids, dtype=np.int64)]                            # (T, in)
     record = []
     for layer in layers:
-        H = layer.W_h.shape[0]
+        H, W_h = layer.W_h.shape[0], np.asfortranarray(layer.W_h)   # GEMV's faster layout here
         gx = x @ layer.W_x + layer.b_x                                    # (T, G·H) all steps
         names = STATES[cell]
         out = {n: np.empty((len(ids), H), np.float32) for n in names}
@@ -41,9 +41,9 @@ def trace(view: CellLayers, ids: list[int]) -> dict:
             gx += layer.b_h                                               # both biases, once
         for t in range(len(ids)):
             if cell == "rnn":                                             # in place: no allocation
-                h = rnn_step_numpy(h, layer.W_h, gx[t], gh, out=out["h"][t])
+                h = rnn_step_numpy(h, W_h, gx[t], gh, out=out["h"][t])
                 continue
-            np.dot(h, layer.W_h, out=gh)
+            np.dot(h, W_h, out=gh)
             gh += layer.b_h
             if cell == "gru":
                 r = _sigmoid(gx[t, :H] + gh[:H])

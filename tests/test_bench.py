@@ -13,3 +13,11 @@ def test_quick_benchmark_prints_a_table_and_json(capsys, tmp_path):
     assert set(result["generate_chars_per_s"]) == {"book predict_ch8", "fast, 1 stream",
                                                    "fast, 64 streams"}
     assert all(v > 0 for v in result["train_tokens_per_s"].values())
+    assert "targets (issue 23)" in out and "lab read panel, ms" in result["targets"]
+    ratio = result["train_tokens_per_s"]["bptt fp32"] / result["train_tokens_per_s"]["book loop"]
+    assert result["targets"]["bptt fp32 x book loop"] == {"measured": ratio, "target": 1.6,
+                                                          "share": ratio / 1.6}
+    assert set(result["mixture_chars_per_s"]) == {f"{job}, {k}" for k in ("1 thread", "2 threads")
+                                                  for job in ("greedy", "sampled", "beam 8",
+                                                              "8 streams")}
+    assert all(v > 0 for row in result["mixture_chars_per_s"].values() for v in row.values())
