@@ -24,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CHARS = 2000                      # greedy characters per timing
+EPOCHS = 5                        # timed epochs per round (median); one warms up
 
 PEER = r'''
 import importlib.machinery, importlib.util, json, math, sys, time, types
@@ -79,12 +80,18 @@ sgd = torch.optim.SGD(concise.parameters(), lr=1)
 scratch_update = lambda batch_size: d2l.sgd(net.params, 1, batch_size)
 d2l.train_epoch_ch8(net, train_iter, loss, scratch_update, device, False)      # warm-up
 d2l.train_epoch_ch8(concise, train_iter, loss, sgd, device, False)
-out = {"book loop": d2l.train_epoch_ch8(net, train_iter, loss, scratch_update, device, False)[1],
-       "torch.nn.RNN": d2l.train_epoch_ch8(concise, train_iter, loss, sgd, device, False)[1]}
+median = lambda xs: sorted(xs)[len(xs) // 2]
+out = {"book loop": median([d2l.train_epoch_ch8(net, train_iter, loss, scratch_update, device,
+                                                False)[1] for _ in range(EPOCHS)]),
+       "torch.nn.RNN": median([d2l.train_epoch_ch8(concise, train_iter, loss, sgd, device,
+                                                   False)[1] for _ in range(EPOCHS)])}
 d2l.predict_ch8("time traveller", 50, net, vocab, device)
-start = time.perf_counter()
-text = d2l.predict_ch8("time traveller", int(sys.argv[2]), net, vocab, device)
-out["predict_ch8"] = int(sys.argv[2]) / (time.perf_counter() - start)
+times = []
+for _ in range(3):
+    start = time.perf_counter()
+    d2l.predict_ch8("time traveller", int(sys.argv[2]), net, vocab, device)
+    times.append(time.perf_counter() - start)
+out["predict_ch8"] = int(sys.argv[2]) / median(times)
 print(json.dumps(out))
 '''
 
@@ -95,21 +102,27 @@ from rnnkit import RNNScratch, load_corpus, sequential_batches, split_corpus, tr
 from rnnkit.generate import generate_ids
 ids, vocab = load_corpus()
 train, _, _ = split_corpus(ids, 0.0, 10_000)
+median = lambda xs: sorted(xs)[len(xs) // 2]
 out = {}
 for precision in ("fp32", "bf16"):
     model = RNNScratch(len(vocab), 512, impl="bptt", precision=precision,
                        generator=torch.Generator().manual_seed(0))
     opt = torch.optim.SGD(model.parameters(), lr=1)
-    for epoch in range(2):                                      # the first one warms up
+    speeds = []
+    for epoch in range(1 + EPOCHS):                             # the first one warms up
         batches = sequential_batches(train, 32, 35, random.Random(epoch))
         loss, tokens, seconds = train_epoch(model, batches, opt, clip=1, carry_state=True)
-    out[f"bptt {precision}"] = tokens / seconds
+        speeds.append(tokens / seconds)
+    out[f"bptt {precision}"] = median(speeds[1:])
 model = RNNScratch(len(vocab), 512, generator=torch.Generator().manual_seed(0))
 prefix = vocab[list("time traveller")]
 generate_ids(model, prefix, 50)
-start = time.perf_counter()
-generate_ids(model, prefix, int(sys.argv[1]))
-out["greedy"] = int(sys.argv[1]) / (time.perf_counter() - start)
+times = []
+for _ in range(3):
+    start = time.perf_counter()
+    generate_ids(model, prefix, int(sys.argv[1]))
+    times.append(time.perf_counter() - start)
+out["greedy"] = int(sys.argv[1]) / median(times)
 print(json.dumps(out))
 '''
 
@@ -135,6 +148,7 @@ def measure(rounds: int, lib: Path, tmp: Path) -> dict[str, list[float]]:
     for _ in range(rounds):                          # alternate: the machine drifts alike
         for code, args, env in ((PEER, [str(lib), str(CHARS)], peer_env),
                                 (OURS, [str(CHARS)], {})):
+            code = f"EPOCHS = {EPOCHS}\n" + code
             proc = subprocess.run([sys.executable, "-c", code, *args], cwd=work, text=True,
                                   capture_output=True, env={**os.environ, **env})
             if proc.returncode != 0:

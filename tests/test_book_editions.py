@@ -3,7 +3,6 @@ tests/book/extract.py): every PyTorch cell of the recurrent chapters runs in a r
 kernel with only the import line changed — the English edition's 1.0 API through
 `from rnnkit.d2l import v1 as d2l`, the Chinese edition's chapter 9 through `from rnnkit import
 d2l` — with the epochs cut short and a small English–French file planted for translation."""
-import asyncio
 import hashlib
 import io
 import json
@@ -14,6 +13,8 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
+
+from kernels import result, run_two_at_a_time, selected
 
 BOOK = Path(__file__).resolve().parent / "book"
 BOOK_SHA1 = "94646ad1522d915e7b0f9296181140edcf86a4f5"          # the book's fra-eng.zip
@@ -86,35 +87,14 @@ async def run_section(edition: str, name: str, tmp_path: Path):
 
 @pytest.fixture(scope="module")
 def sections(request, tmp_path_factory) -> dict:
-    """Every selected section's notebook run, two kernels at a time: each kernel is one thread
-    and spends most of its few seconds starting, so two keep both cores busy (half the time).
-    (edition, name) -> (nb, text, board), or the exception its run raised."""
-    editions = {"test_the_english_edition_runs_with_only_its_import_changed": "en",
-                "test_the_chinese_editions_chapter_9_runs_with_only_its_import_changed": "zh"}
-    wanted = [(editions[item.originalname], item.callspec.params["name"])
-              for item in request.session.items if item.originalname in editions]
-    kernels = asyncio.Semaphore(2)
-
-    async def one(edition, name):
-        async with kernels:
-            try:
-                return await run_section(edition, name, tmp_path_factory.mktemp(name))
-            except Exception as e:          # raised again by the section's own test
-                return e
-
-    async def every():
-        return await asyncio.gather(*(one(*key) for key in wanted))
-
-    with pytest.MonkeyPatch.context() as env:   # conftest's per-test setting comes too late
-        env.setenv("OMP_NUM_THREADS", "1")
-        return dict(zip(wanted, asyncio.run(every())))
-
-
-def executed(sections: dict, edition: str, name: str):
-    result = sections[edition, name]
-    if isinstance(result, Exception):
-        raise result
-    return result
+    """Every selected section's notebook run: (edition, name) -> (nb, text, board)."""
+    keys = selected(request, {
+        "test_the_english_edition_runs_with_only_its_import_changed":
+            lambda params: ("en", params["name"]),
+        "test_the_chinese_editions_chapter_9_runs_with_only_its_import_changed":
+            lambda params: ("zh", params["name"])})
+    return run_two_at_a_time({key: (lambda key=key: run_section(
+        *key, tmp_path_factory.mktemp(key[1]))) for key in keys})
 
 
 EN_SECTIONS = ["sequence", "text-sequence", "language-model", "rnn", "rnn-scratch",
@@ -125,7 +105,7 @@ TRAINED = {"sequence", "rnn-scratch", "rnn-concise", "lstm", "gru", "deep-rnn", 
 
 @pytest.mark.parametrize("name", EN_SECTIONS)
 def test_the_english_edition_runs_with_only_its_import_changed(name, sections):
-    nb, text, board = executed(sections, "en", name)
+    nb, text, board = result(sections, ("en", name))
     if name in TRAINED:                      # each training cell draws inline, in place
         fits = [c for c in nb.cells if "trainer.fit(" in c.source]
         assert fits and all(any("image/png" in o.get("data", {}) for o in c.outputs)
@@ -142,7 +122,7 @@ def test_the_english_edition_runs_with_only_its_import_changed(name, sections):
 @pytest.mark.parametrize("name", ["bi-rnn", "machine-translation-and-dataset",
                                   "encoder-decoder", "seq2seq"])
 def test_the_chinese_editions_chapter_9_runs_with_only_its_import_changed(name, sections):
-    nb, text, _ = executed(sections, "zh", name)
+    nb, text, _ = result(sections, ("zh", name))
     if name in ("bi-rnn", "seq2seq"):
         trains = [c for c in nb.cells if ("train_ch8(" in c.source or "train_seq2seq(" in
                                            c.source) and "def " not in c.source]

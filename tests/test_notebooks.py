@@ -10,14 +10,45 @@ import pytest
 import torch
 from nbclient import NotebookClient
 
+from kernels import result, run_two_at_a_time, selected
 from rnnkit import d2l
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
-def _execute(nb, cwd: Path):
-    NotebookClient(nb, timeout=300, kernel_name="python3").execute(cwd=str(cwd))
+async def _execute(nb, cwd: Path):
+    await NotebookClient(nb, timeout=300, kernel_name="python3").async_execute(cwd=str(cwd))
     return nb
+
+
+def _chapter(name: str):
+    """The shipped notebook, checked to be stored clean and to import rnnkit, epochs cut."""
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code)
+    source = "\n".join(c.source for c in code)
+    assert "from rnnkit import d2l" in source and "from d2l import" not in source
+    for cell in code:                                      # the epochs cut short
+        cell.source = cell.source.replace("num_epochs, lr = 500, 1", "num_epochs, lr = 20, 1")
+    return nb
+
+
+@pytest.fixture(scope="module")
+def kernels_ran(request, tmp_path_factory) -> dict:
+    """The selected notebooks of this file run: name → (the executed notebook, its folder)."""
+    names = selected(request, {
+        "test_the_chapter_notebooks_run_in_a_real_kernel_with_inline_plots":
+            lambda params: params["name"],
+        "test_the_books_source_form_and_the_next_chapters_run_in_a_kernel":
+            lambda params: "source form"})
+
+    async def run(name):
+        cwd = tmp_path_factory.mktemp(name.replace(" ", "_"))
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c)
+                                             for c in BOOK_SOURCE_FORM]) \
+            if name == "source form" else _chapter(name)
+        return await _execute(nb, cwd), cwd
+    return run_two_at_a_time({name: (lambda name=name: run(name)) for name in names})
 
 
 def _outputs(cell, kind: str) -> list:
@@ -30,20 +61,14 @@ def _text(nb) -> str:
 
 
 @pytest.mark.parametrize("name", ["rnn_scratch", "rnn_concise"])
-def test_the_chapter_notebooks_run_in_a_real_kernel_with_inline_plots(name, tmp_path):
-    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+def test_the_chapter_notebooks_run_in_a_real_kernel_with_inline_plots(name, kernels_ran):
+    nb, cwd = result(kernels_ran, name)
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code)
-    source = "\n".join(c.source for c in code)
-    assert "from rnnkit import d2l" in source and "from d2l import" not in source
-    for cell in code:                                      # the epochs cut short
-        cell.source = cell.source.replace("num_epochs, lr = 500, 1", "num_epochs, lr = 20, 1")
-    _execute(nb, tmp_path)
     text = _text(nb)
     assert text.count("tokens/sec on cpu") == 2               # each notebook trains twice
     trains = [c for c in code if "train_ch8(" in c.source and "def " not in c.source]
     assert trains and all(len(_outputs(c, "image/png")) == 1 for c in trains)  # redrawn in place
-    assert not list(tmp_path.glob("*.png"))                # inline, not files, in a notebook
+    assert not list(cwd.glob("*.png"))                     # inline, not files, in a notebook
 
 
 BOOK_SOURCE_FORM = [
@@ -97,9 +122,8 @@ BOOK_SOURCE_FORM = [
 ]
 
 
-def test_the_books_source_form_and_the_next_chapters_run_in_a_kernel(tmp_path):
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in BOOK_SOURCE_FORM])
-    _execute(nb, tmp_path)                       # raises CellExecutionError on any failure
+def test_the_books_source_form_and_the_next_chapters_run_in_a_kernel(kernels_ran):
+    nb, _ = result(kernels_ran, "source form")   # raises CellExecutionError on any failure
     cells = nb.cells
     assert cells[1].outputs[0]["data"]["text/plain"] == "3221"
     assert "torch.Size([5, 2, 28])" in _text(nb) and "torch.Size([3, 4]) 10" in _text(nb)
