@@ -124,6 +124,7 @@ class KneserNey:
     def __init__(self, tables: list[CountTable]):
         self.tables, self.order = tables, len(tables) - 1
         self.vocab_size = tables[0].vocab_size
+        self._flat = None                       # generation's view of the tables: _flat_tables
 
     @classmethod
     def fit(cls, ids: np.ndarray, vocab_size: int, order: int) -> "KneserNey":
@@ -232,6 +233,8 @@ class KneserNey:
                 token = history[:, L - k]
                 alive &= token >= 0
                 key = key + np.maximum(token, 0) * V ** (k - 1)
+            if not len(contexts):                     # a text shorter than this context
+                break
             j = np.minimum(contexts.searchsorted(key), len(contexts) - 1)
             alive &= contexts[j] == key               # unseen: nor any longer one (row_probs)
             rows = np.flatnonzero(alive)
@@ -256,7 +259,7 @@ class KneserNey:
     def _flat_tables(self):
         """Every table's pairs in two flat arrays — next token (ΣP,), discounted share (ΣP,) —
         and per table (contexts, starts into the flat arrays, back-off weights); made once."""
-        if getattr(self, "_flat", None) is None:
+        if self._flat is None:
             tokens, shares, tables, offset = [], [], [], 0
             for t in self.tables:
                 seen = np.diff(t.starts)                                  # N(h·) (C,)
