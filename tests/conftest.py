@@ -16,3 +16,14 @@ def _deterministic_threads(monkeypatch):
 def _private_cache(tmp_path_factory, monkeypatch):
     # corpora prepared by tests are cached under pytest's temp root, never in ~/.cache
     monkeypatch.setenv("RNNKIT_CACHE", str(tmp_path_factory.getbasetemp() / "rnnkit-cache"))
+
+
+LONGEST_FIRST = ("test_readme.py", "test_book_editions.py", "test_distributed.py",
+                 "test_notebooks.py")
+
+
+def pytest_collection_modifyitems(items):
+    """The longest files first: with two workers (pyproject's addopts) the README check's three
+    minutes overlap the rest of the suite instead of ending it."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
