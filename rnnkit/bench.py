@@ -199,7 +199,7 @@ def mixture_speed(quick: bool) -> dict[str, dict[str, float]]:
                 times = {"network": [], "mixture": []}
                 for seed in range(3 if quick else 7):
                     for name, model in (("network", network), ("mixture", mixture)):
-                        mixture._cache = {}
+                        mixture.forget()
                         start = time.perf_counter()
                         fn(model, seed)
                         times[name].append(time.perf_counter() - start)
@@ -207,6 +207,37 @@ def mixture_speed(quick: bool) -> dict[str, dict[str, float]]:
                     name: chars[job] / statistics.median(t) for name, t in times.items()}
     finally:
         torch.set_num_threads(threads)
+    return out
+
+
+def greedy_ceiling(quick: bool) -> dict[str, float]:
+    """What bounds one stream's greedy step and the lab's trace on one core: µs of one
+    H×H GEMV (numpy on a column- and a row-major W_hh, torch.mv) and ms of the bare recurrence
+    (GEMV + add + tanh, `rnn_step_numpy`) over 10,000 characters, before any output layer."""
+    from .generate import rnn_step_numpy
+    rng = np.random.default_rng(0)
+    W = (rng.standard_normal((H, H)) * 0.05).astype(np.float32)           # (H, H)
+    h, z = rng.standard_normal(H).astype(np.float32), np.empty(H, np.float32)
+
+    def micros(fn, n: int = 2000) -> float:
+        fn()
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return 1e6 * (time.perf_counter() - start) / n
+    W_col, W_t, h_t = np.asfortranarray(W), torch.from_numpy(W), torch.from_numpy(h)
+    out = {"numpy GEMV, column-major W (us)": micros(lambda: np.dot(h, W_col, out=z)),
+           "numpy GEMV, row-major W (us)": micros(lambda: np.dot(h, W, out=z)),
+           "torch.mv (us)": micros(lambda: torch.mv(W_t.T, h_t))}
+    rows = rng.standard_normal((10_000, H)).astype(np.float32)           # X_t W_xh + b_h
+    states, times = np.empty_like(rows), []
+    for _ in range(2 if quick else 5):
+        state = np.zeros(H, np.float32)
+        start = time.perf_counter()
+        for t in range(len(rows)):
+            state = rnn_step_numpy(state, W_col, rows[t], z, out=states[t])
+        times.append(time.perf_counter() - start)
+    out["bare loop over 10,000 characters (ms)"] = 1000 * statistics.median(times)
     return out
 
 
@@ -285,6 +316,9 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
     by_threads = thread_speed(quick)
     mixed = mixture_speed(quick)
     read = lab_read_ms(quick)
+    torch.set_num_threads(1)               # one stream's steps run on one thread (perf.py)
+    ceiling = greedy_ceiling(quick)
+    torch.set_num_threads(threads)
     curves = chapter_curves(20 if quick else 500)
 
     base = speeds["book loop"]
@@ -317,6 +351,10 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
               f"{v['mixture'] / v['network']:6.2f}")
     print(f"{'lab read panel, 10,000 chars':32s} {read['trace']:7.0f} ms trace + "
           f"{read['score + units']:.0f} ms score and units (in process)")
+    limit = 1e7 / ceiling["bare loop over 10,000 characters (ms)"]                # chars/s
+    print(f"{'greedy ceiling, one core':32s} " + ", ".join(
+        f"{k} {v:.1f}" for k, v in ceiling.items()) +
+        f": ≤ {limit:,.0f} chars/s, {limit / gbase:.1f}x predict_ch8")
     targets = target_table(speeds, gen, mixed, read)
     print(f"{'targets (issue 23)':40s} {'measured':>9s} {'target':>7s} {'of it':>6s}")
     for name, (got, want, share) in targets.items():
@@ -334,7 +372,7 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
               "gemm_gflops": gemm, "generate_chars_per_s": gen,
               "generate_ratio_vs_book": {k: v / gbase for k, v in gen.items()},
               "beam_chars_per_s": beam, "one_stream_by_threads": by_threads,
-              "mixture_chars_per_s": mixed, "lab_read_ms": read,
+              "mixture_chars_per_s": mixed, "lab_read_ms": read, "greedy_ceiling": ceiling,
               "targets": {k: {"measured": a, "target": b, "share": c}
                           for k, (a, b, c) in targets.items()},
               "final_ppl": {k: c[-1] for k, c in curves.items()}, "curves": curves}

@@ -275,8 +275,12 @@ class KneserNey:
         """The λ bucket of each row (M,): floor(log2(1 + how often its top context occurred))."""
         top = self.tables[-1]
         found, j = top.find(*self.contexts(history)[-1])
-        count = np.where(found, top.totals[j], 0)
-        return np.minimum(np.log2(1 + count).astype(np.int64), BUCKETS - 1)
+        return bucket(np.where(found, top.totals[j], 0))
+
+
+def bucket(count: np.ndarray) -> np.ndarray:
+    """The λ bucket of top-context counts (M,): floor(log2(1 + count)), capped."""
+    return np.minimum(np.log2(1 + count).astype(np.int64), BUCKETS - 1)
 
 
 def fit_weights(p_net: np.ndarray, p_kn: np.ndarray, bucket: np.ndarray,
@@ -408,11 +412,15 @@ class NgramMixture(LanguageModel):
                 p_kn, top = p[None], np.array([top])
             else:
                 p_kn, top = self.ngram.rows_probs(contexts[missing])
-            lam = self.weights[np.minimum(np.log2(1 + top).astype(np.int64), BUCKETS - 1)]
-            for j, i in enumerate(missing):                            # λ as `evidence` says
+            lam = self.weights[bucket(top)]
+            for j, i in enumerate(missing):
                 known[keys[i]] = cache[keys[i]] = (p_kn[j], lam[j])
         found = [known[key] for key in keys]
         return np.stack([p for p, _ in found]), np.array([lam for _, lam in found])[:, None]
+
+    def forget(self) -> None:
+        """Counted contexts dropped: the next steps count afresh, as in a new process."""
+        self._cache = {}
 
     def mix_trace(self, logits: np.ndarray, ids: list[int]) -> np.ndarray:
         """The mixture's log-probabilities (T, V) along one text read from the start, given

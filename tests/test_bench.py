@@ -21,3 +21,5 @@ def test_quick_benchmark_prints_a_table_and_json(capsys, tmp_path):
                                                   for job in ("greedy", "sampled", "beam 8",
                                                               "8 streams")}
     assert all(v > 0 for row in result["mixture_chars_per_s"].values() for v in row.values())
+    assert "greedy ceiling, one core" in out
+    assert all(v > 0 for v in result["greedy_ceiling"].values())

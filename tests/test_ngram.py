@@ -95,7 +95,7 @@ def test_generations_unrolled_counts_are_the_recursions_and_one_row_is_many_rows
     many, top = kn.rows_probs(hist)
     np.testing.assert_allclose(many, kn.next_probs(hist), rtol=0, atol=1e-15)
     assert np.array_equal(np.minimum(np.log2(1 + top).astype(np.int64), BUCKETS - 1),
-                          kn.evidence(hist))
+                          kn.evidence(hist))      # the λ bucket `counted` takes from `top`
     for i in range(len(hist)):
         one, count = kn.row_probs(hist[i].tolist())
         assert np.array_equal(one, many[i]) and count == top[i]

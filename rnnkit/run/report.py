@@ -19,6 +19,7 @@ from .setup import Training
 def plot_perplexity(path: Path, metrics: list[dict]) -> None:
     """Training and validation perplexity per epoch (log scale), written atomically."""
     from matplotlib.figure import Figure   # no pyplot: the user's backend is never touched
+    from matplotlib.ticker import FuncFormatter
 
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
@@ -27,6 +28,9 @@ def plot_perplexity(path: Path, metrics: list[dict]) -> None:
     if any(m["val_ppl"] is not None for m in metrics):
         ax.plot(epochs, [m["val_ppl"] for m in metrics], label="validation")
     ax.set(xlabel="epoch", ylabel="perplexity", yscale="log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")   # 24, not 2.4×10¹ (and no mathtext to lay out)
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
