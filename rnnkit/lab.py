@@ -1,15 +1,18 @@
 """What the web lab shows of a model: how surprised it is by each character of a text, what it
 would have guessed instead, and what every hidden unit does along the text.
 
-One recurrent pass (`trace`, numpy, one GEMV per character and layer) gives every layer's
-states and gates and the logits; `score` and `units` read from it. Every network goes through
-its `cell_layers`, the same torch-form view the ONNX graph is written from.
+One recurrent pass (`trace`: numpy, one GEMV per character and layer; RNN layers in one
+compiled call, `fastloop`) gives every layer's states and gates and the logits; `score` and
+`units` read from it. Every network goes through its `cell_layers`, the same torch-form view
+the ONNX graph is written from.
 """
 from __future__ import annotations
 
 import base64
 
 import numpy as np
+
+from . import fastloop
 from .generate import rnn_step_numpy
 from .models import CellLayers
 
@@ -28,17 +31,26 @@ def trace(view: CellLayers, ids: list[int]) -> dict:
     (T, V), "layers": [{state name: (T, H)}]}: logits[t] predicts ids[t + 1]; states are those
     after reading ids[t]. (Call it as `model.trace(ids)`.)"""
     cell, table, layers, W_out, b_out = view.cell, view.table, view.layers, view.W_out, view.b_out
-    x = table[np.asarray(ids, dtype=np.int64)]                            # (T, in)
-    record = []
+    ids = np.asarray(ids, dtype=np.int64)
+    x, record = None, []
     for layer in layers:
         H, W_h = layer.W_h.shape[0], np.asfortranarray(layer.W_h)   # GEMV's faster layout here
-        gx = x @ layer.W_x + layer.b_x                                    # (T, G·H) all steps
+        if x is None:                  # layer 1: project the table, then pick rows (V << T)
+            gx = (table @ layer.W_x + layer.b_x)[ids]                    # (T, G·H) all steps
+        else:
+            gx = x @ layer.W_x + layer.b_x                                # (T, G·H) all steps
         names = STATES[cell]
         out = {n: np.empty((len(ids), H), np.float32) for n in names}
         h, c = np.zeros(H, np.float32), np.zeros(H, np.float32)
         gh = np.empty(layer.W_h.shape[1], np.float32)                     # (G·H,)
         if cell == "rnn":
             gx += layer.b_h                                               # both biases, once
+            if fastloop.library() is not None:                           # the same loop, compiled
+                out["h"].fill(0.0)     # fault its pages in here, not in two threads at once
+                fastloop.rnn_trace(gx, fastloop.pack_columns(layer.W_h), h, out=out["h"])
+                record.append(out)
+                x = out["h"]
+                continue
         for t in range(len(ids)):
             if cell == "rnn":                                             # in place: no allocation
                 h = rnn_step_numpy(h, W_h, gx[t], gh, out=out["h"][t])

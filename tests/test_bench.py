@@ -21,5 +21,10 @@ def test_quick_benchmark_prints_a_table_and_json(capsys, tmp_path):
                                                   for job in ("greedy", "sampled", "beam 8",
                                                               "8 streams")}
     assert all(v > 0 for row in result["mixture_chars_per_s"].values() for v in row.values())
-    assert "greedy ceiling, one core" in out
+    assert "one stream, H=512, GEMV" in out and "numpy loop, 10,000 characters (ms)" in out
     assert all(v > 0 for v in result["greedy_ceiling"].values())
+    from rnnkit import fastloop
+    if fastloop.library() is not None:
+        assert {f"compiled loop, {k} (ms)" for k in ("1 thread", "2 threads",
+                                                     "2 threads, one busy process")} \
+            <= set(result["greedy_ceiling"])

@@ -6,11 +6,11 @@ from rnnkit.generate import ModelStepper, generate_ids, generate_with, pick_next
 from rnnkit.models import RNNScratch
 
 
-def _trained_like_model(seed=0):
+def _trained_like_model(seed=0, scale=0.3):
     m = RNNScratch(28, 64, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         for p in m.parameters():
-            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed + 1)) * 0.3)
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed + 1)) * scale)
     return m
 
 
@@ -32,8 +32,11 @@ def test_warm_up_feeds_the_whole_prefix_before_predicting():
 
 
 def test_fast_path_equals_the_books_loop():
+    # W_hh ~ N(0, 0.15²) at H = 64 contracts, as trained models do: at 0.3 (gain ~2.4) any
+    # 1-ulp difference (torch's tanh and GEMV against numpy's or fastloop's) grows to a
+    # different character within ~50 steps, so no two implementations agree there.
     _, vocab = load_corpus()
-    m = _trained_like_model()
+    m = _trained_like_model(scale=0.15)
     net = d2l.RNNModelScratch(28, 64, "cpu", d2l.get_params, d2l.init_rnn_state, d2l.rnn)
     net.params = [m.W_xh, m.W_hh, m.b_h, m.W_hq, m.b_q]
     fast = d2l.predict_ch8("time traveller", 60, net, vocab, "cpu")

@@ -1,0 +1,275 @@
+/* The chapter's recurrence, one stream, compiled: H_t = tanh(X_t W_xh + b_h + H_{t-1} W_hh)
+ * and greedy O_t = H_t W_hq + b_q. The readable reference is `generate.rnn_step_numpy` and
+ * `ScratchStepper.greedy_numpy`; `fastloop.py` builds this file with the machine's C compiler
+ * and tests it against them. Why it exists: per character, numpy's loop pays ~10 us of calls
+ * around a ~10 us GEMV; here the whole loop is one call.
+ *
+ * Matrices come packed in column panels (`fastloop.pack_columns`): panel p holds columns
+ * [128p, 128p + w) as n_in contiguous rows of w floats, w a multiple of 16 (zero-padded), so
+ * that a step streams through the weights in order with 8 vector accumulators.
+ */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4)));  /* unaligned loads */
+
+#define LANES 16
+#define PANEL 128                                  /* columns per panel: 8 vectors */
+
+static inline v16 splat(float x) { return (v16){0} + x; }
+
+/* acc[k] (16 floats each) = x (n_in) · w (n_in rows of nv*16 floats). */
+static inline __attribute__((always_inline)) void
+panel(const float *x, const float *w, int n_in, int nv, float *y)
+{
+    v16 acc[PANEL / LANES];
+    for (int k = 0; k < nv; k++) acc[k] = splat(0.0f);
+    for (int i = 0; i < n_in; i++) {
+        v16 xi = splat(x[i]);
+        const v16u *row = (const v16u *)(w + (int64_t)i * nv * LANES);
+        for (int k = 0; k < nv; k++) acc[k] += xi * row[k];
+    }
+    memcpy(y, acc, (size_t)nv * LANES * sizeof(float));
+}
+
+/* y (up to 128) = columns [p, p + 128) of x (n_in) · W (packed), p a multiple of 128. */
+static void panel_at(const float *x, const float *W, int n_in, int n_out, int p, float *y)
+{
+    const float *w = W + (int64_t)p * n_in;
+    int nv = (n_out - p >= PANEL) ? PANEL / LANES : (n_out - p + LANES - 1) / LANES;
+    switch (nv) {                    /* a constant count, so each case keeps acc in registers */
+    case 8: panel(x, w, n_in, 8, y); break;
+    case 7: panel(x, w, n_in, 7, y); break;
+    case 6: panel(x, w, n_in, 6, y); break;
+    case 5: panel(x, w, n_in, 5, y); break;
+    case 4: panel(x, w, n_in, 4, y); break;
+    case 3: panel(x, w, n_in, 3, y); break;
+    case 2: panel(x, w, n_in, 2, y); break;
+    default: panel(x, w, n_in, 1, y); break;
+    }
+}
+
+/* y (n_out, padded up to a multiple of 16) = x (n_in) · W (packed). */
+static void vecmat(const float *x, const float *W, int n_in, int n_out, float *y)
+{
+    for (int p = 0; p < n_out; p += PANEL) panel_at(x, W, n_in, n_out, p, y + p);
+}
+
+typedef int32_t i16v __attribute__((vector_size(64)));
+
+static inline v16 pick(i16v mask, v16 a, v16 b)          /* mask ? a : b, lane by lane */
+{
+    return (v16)(((i16v)a & mask) | ((i16v)b & ~mask));
+}
+
+/* tanh to a few ulp: the 13/6 rational of Eigen's ptanh_float (its coefficients), clamped where
+ * float tanh is +-1, and tanh(x) = x below 4e-4. */
+static inline v16 tanh16(v16 a)
+{
+    const v16 c = splat(7.99881172180175781f);
+    v16 x = pick(a > c, c, pick(a < -c, -c, a));
+    v16 x2 = x * x;
+    v16 p = splat(-2.76076847742355e-16f);
+    p = p * x2 + 2.00018790482477e-13f;
+    p = p * x2 - 8.60467152213735e-11f;
+    p = p * x2 + 5.12229709037114e-08f;
+    p = p * x2 + 1.48572235717979e-05f;
+    p = p * x2 + 6.37261928875436e-04f;
+    p = p * x2 + 4.89352455891786e-03f;
+    p = p * x;
+    v16 q = splat(1.19825839466702e-06f);
+    q = q * x2 + 1.18534705686654e-04f;
+    q = q * x2 + 2.26843463243900e-03f;
+    q = q * x2 + 4.89352518554385e-03f;
+    v16 ax = (v16)((i16v)a & 0x7fffffff);
+    return pick(ax < splat(0.0004f), a, p / q);
+}
+
+/* out (n) = tanh(z (n) + row (n)); z may be read past n up to the next multiple of 16. */
+static void add_tanh(const float *z, const float *row, int n, float *out)
+{
+    int j = 0;
+    for (; j + LANES <= n; j += LANES) {
+        v16 s = *(const v16u *)(z + j) + *(const v16u *)(row + j);
+        *(v16u *)(out + j) = tanh16(s);
+    }
+    if (j < n) {                                   /* the tail through the same arithmetic */
+        v16 s = splat(0.0f), t;
+        for (int k = 0; j + k < n; k++) s[k] = z[j + k] + row[j + k];
+        t = tanh16(s);
+        for (int k = 0; j + k < n; k++) out[j + k] = t[k];
+    }
+}
+
+/* A team of one or two threads shares each step's H_{t-1} W_hh by panels of 128 columns: the
+ * caller takes panels from the first, a helper thread from the last, each claiming a panel
+ * for the step with an atomic compare-and-swap. When both run, each keeps working on the same
+ * half, which then stays in its own core's L2 (512x512 fp32 is 1 MB, one core's whole L2).
+ * Each column is summed in the same order by whichever thread computes it, so the result does
+ * not depend on the number of threads.
+ *
+ * On a busy machine a second thread only takes time from the first, so the team times itself:
+ * PROBE steps with the helper, PROBE without (it naps), then KEEP steps the faster way, and
+ * again. */
+#define PROBE 32
+#define KEEP 512
+
+typedef struct {
+    const float *W;                      /* W_hh packed, (H, H) */
+    int H, npanels;
+    const float *in, *row;               /* this step's H_{t-1} and X_t W_xh + b_h */
+    float *out;                          /* this step's H_t */
+    int step;                            /* atomic: the step to do; -1: stop */
+    int done;                            /* atomic: panels finished this step */
+    int solo;                            /* atomic: 1 while the caller works alone */
+    int *claim;                          /* atomic, per panel: the last step that claimed it */
+    int helped, phase, left;             /* the caller's own: see adapt() */
+    double since, with_helper;
+} Team;
+
+static inline void relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static double seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+
+static void work(Team *tm, int s, int from_last)
+{
+    float z[PANEL];
+    for (int k = 0; k < tm->npanels; k++) {
+        int p = from_last ? tm->npanels - 1 - k : k, expect = s - 1;
+        if (!__atomic_compare_exchange_n(&tm->claim[p], &expect, s, 0, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_RELAXED))
+            continue;                                          /* the other thread has it */
+        int c = p * PANEL, n = tm->H - c < PANEL ? tm->H - c : PANEL;
+        panel_at(tm->in, tm->W, tm->H, tm->H, c, z);           /* (n,) H_{t-1} W_hh */
+        add_tanh(z, tm->row + c, n, tm->out + c);              /* (n,) H_t */
+        __atomic_fetch_add(&tm->done, 1, __ATOMIC_RELEASE);
+    }
+}
+
+/* The helper spins between steps (a step is a few microseconds), but naps while the caller
+ * works alone, or once nothing has come for a while (the caller is descheduled). */
+static void *helper(void *arg)
+{
+    Team *tm = arg;
+    const struct timespec nap = {0, 50000};                       /* 50 us */
+    for (int seen = 0, idle = 0;;) {
+        int s = __atomic_load_n(&tm->step, __ATOMIC_ACQUIRE);
+        if (s < 0) return NULL;
+        if (__atomic_load_n(&tm->solo, __ATOMIC_RELAXED) || (s == seen && ++idle >= 4096)) {
+            nanosleep(&nap, NULL);
+            idle = 0;
+            continue;
+        }
+        if (s == seen) { relax(); continue; }
+        seen = s, idle = 0;
+        work(tm, s, 1);
+    }
+}
+
+/* Before each step: at the end of a phase, time it and choose the next. */
+static void adapt(Team *tm)
+{
+    if (!tm->helped || --tm->left > 0) return;
+    double t = seconds(), spent = t - tm->since;
+    int solo = 0;
+    tm->since = t;
+    if (tm->phase == 0) {                                      /* probed with the helper */
+        tm->with_helper = spent, tm->phase = 1, tm->left = PROBE, solo = 1;
+    } else if (tm->phase == 1) {                               /* probed alone */
+        tm->phase = 2, tm->left = KEEP, solo = spent < tm->with_helper;
+    } else {
+        tm->phase = 0, tm->left = PROBE;
+    }
+    __atomic_store_n(&tm->solo, solo, __ATOMIC_RELAXED);
+}
+
+/* out (H) = tanh(row + in W_hh): step s (1, 2, ...) of the team. */
+static void team_step(Team *tm, int s, const float *in, const float *row, float *out)
+{
+    adapt(tm);
+    tm->in = in; tm->row = row; tm->out = out;
+    __atomic_store_n(&tm->done, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&tm->step, s, __ATOMIC_RELEASE);
+    work(tm, s, 0);
+    while (__atomic_load_n(&tm->done, __ATOMIC_ACQUIRE) < tm->npanels) relax();
+}
+
+static int team_start(Team *tm, pthread_t *thread, const float *W_hh, int H, int threads)
+{
+    memset(tm, 0, sizeof *tm);
+    tm->W = W_hh; tm->H = H; tm->npanels = (H + PANEL - 1) / PANEL;
+    tm->left = PROBE, tm->since = seconds();
+    tm->claim = calloc((size_t)tm->npanels, sizeof(int));
+    if (!tm->claim) return -1;
+    if (threads > 1 && tm->npanels > 1 && pthread_create(thread, NULL, helper, tm) == 0)
+        tm->helped = 1;
+    return tm->helped;
+}
+
+static void team_stop(Team *tm, pthread_t thread)
+{
+    __atomic_store_n(&tm->step, -1, __ATOMIC_RELEASE);
+    if (tm->helped) pthread_join(thread, NULL);
+    free(tm->claim);
+}
+
+int rnnkit_fastloop_version(void) { return 2; }
+
+/* Teacher-forced: states[t] (H) = tanh(gx[t] + states[t-1] W_hh), states[-1] = h0.
+ * gx (T, H) is X_t W_xh + b_h for every step. Returns 0, or -1 out of memory. */
+int rnn_trace(int T, int H, const float *gx, const float *W_hh, const float *h0,
+              float *states, int threads)
+{
+    Team tm; pthread_t thread;
+    if (team_start(&tm, &thread, W_hh, H, threads) < 0) return -1;
+    for (int t = 0; t < T; t++)
+        team_step(&tm, t + 1, t ? states + (int64_t)(t - 1) * H : h0, gx + (int64_t)t * H,
+                  states + (int64_t)t * H);                    /* (H,) H_t */
+    team_stop(&tm, thread);
+    return 0;
+}
+
+/* ScratchStepper.greedy: warm up on prefix[0..n_prefix), then n greedy ids into out.
+ * rows (V, H) = W_xh + b_h; h (2, H): h[0] the start state, both rows scratch after;
+ * logits a scratch buffer of V rounded up to 16. Returns 0, or -1 out of memory. */
+int rnn_greedy(int n_prefix, const int *prefix, int n, int H, int V, const float *rows,
+               const float *W_hh, const float *W_hq, const float *b_q, float *h,
+               float *logits, int *out, int threads)
+{
+    Team tm; pthread_t thread;
+    if (team_start(&tm, &thread, W_hh, H, threads) < 0) return -1;
+    int idx = prefix[0];
+    for (int i = 0; i < n_prefix - 1 + n; i++) {
+        float *prev = h + (int64_t)(i & 1) * H, *next = h + (int64_t)(~i & 1) * H;
+        team_step(&tm, i + 1, prev, rows + (int64_t)idx * H, next);   /* (H,) H_t */
+        if (i + 1 < n_prefix) {
+            idx = prefix[i + 1];                               /* warm-up: feed the prefix */
+            continue;
+        }
+        vecmat(next, W_hq, H, V, logits);                      /* (V,) H_t W_hq */
+        int best = 0;
+        float top = logits[0] + b_q[0];
+        for (int v = 1; v < V; v++) {                          /* argmax of O_t, first wins */
+            float o = logits[v] + b_q[v];
+            if (o > top) { top = o; best = v; }
+        }
+        idx = best;
+        out[i + 1 - n_prefix] = best;
+    }
+    team_stop(&tm, thread);
+    return 0;
+}

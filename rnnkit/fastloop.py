@@ -1,0 +1,160 @@
+"""The chapter's one-stream recurrence as one compiled call (`fastloop.c`): greedy decoding and
+the lab's trace of an RNN layer, tested against their numpy references (`rnn_step_numpy`,
+`ScratchStepper.greedy_numpy`).
+
+The C file is built on first use with the machine's C compiler (`$CC`, else `cc`) for this
+CPU and kept in rnnkit's cache folder ($RNNKIT_CACHE, else ~/.cache/rnnkit).
+Where that cannot be done, or RNNKIT_FASTLOOP=0, everything runs the numpy loop and
+`status()` says why in one line.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .encode import cache_dir
+
+SOURCE = Path(__file__).with_name("fastloop.c")
+FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-pthread"]
+LANES, PANEL = 16, 128            # fastloop.c's vector width and panel width, in floats
+_lib: ctypes.CDLL | None = None
+_why_not: str | None = None
+_tried = False
+
+
+def _cpu() -> str:
+    """What -march=native depends on: a build is kept per CPU model and feature set."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    return "\n".join(sorted({x for x in lines if x.startswith(("model name", "flags"))}))
+
+
+def _build(cc: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE)], check=True, timeout=120,
+                       capture_output=True)
+        os.replace(tmp, target)         # atomic: concurrent builders each leave a whole file
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled loop, built on first call; None where it cannot be (see `status`)."""
+    global _lib, _why_not, _tried
+    if _tried:
+        return _lib
+    _tried = True
+    if os.environ.get("RNNKIT_FASTLOOP", "1") == "0":
+        _why_not = "RNNKIT_FASTLOOP=0"
+        return None
+    cc = shutil.which(os.environ.get("CC", "cc"))
+    if cc is None:
+        _why_not = "no C compiler found (set CC)"
+        return None
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *FLAGS]).encode()
+                         + _cpu().encode()).hexdigest()[:16]
+    target = cache_dir() / f"fastloop-{platform.machine()}-{key}.so"
+    try:
+        if not target.exists():
+            _build(cc, target)
+        lib = ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError) as e:
+        detail = getattr(e, "stderr", b"") or b""
+        first = detail.decode(errors="replace").strip().splitlines()[:1]
+        _why_not = f"could not build {SOURCE.name} with {cc}: {(first or [str(e)])[0]}"
+        return None
+    ptr, i = ctypes.c_void_p, ctypes.c_int
+    lib.rnn_trace.argtypes = [i, i, ptr, ptr, ptr, ptr, i]
+    lib.rnn_greedy.argtypes = [i, ptr, i, i, i, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i]
+    lib.rnn_trace.restype = lib.rnn_greedy.restype = i
+    _lib = lib
+    return lib
+
+
+def threads() -> int:
+    """Threads for one stream's step: two where two cores are ours (RNNKIT_FASTLOOP_THREADS
+    overrides). Safe on a busy machine: the caller does any panel the helper has not claimed."""
+    if os.environ.get("RNNKIT_FASTLOOP_THREADS"):
+        return max(1, int(os.environ["RNNKIT_FASTLOOP_THREADS"]))
+    try:
+        return min(2, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return min(2, os.cpu_count() or 1)
+
+
+def status() -> str:
+    """One line: which loop one-stream greedy decoding and the lab's RNN trace run."""
+    if library() is not None:
+        return f"compiled loop ({SOURCE.name}, {' '.join(FLAGS[:2])}, {threads()} threads)"
+    return f"numpy loop: {_why_not}"
+
+
+def pack_columns(W: np.ndarray) -> np.ndarray:
+    """(n_in, n_out) → fastloop.c's layout: panels of 128 columns (the last one padded with
+    zeros to a multiple of 16), each n_in contiguous rows."""
+    n_in, n_out = W.shape
+    padded = np.zeros((n_in, _round(n_out)), np.float32)
+    padded[:, :n_out] = W
+    return np.concatenate([padded[:, p:p + PANEL].ravel() for p in range(0, padded.shape[1],
+                                                                          PANEL)])
+
+
+def _round(n: int) -> int:
+    return -(-n // LANES) * LANES
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _check(rc: int) -> None:
+    if rc != 0:
+        raise MemoryError("fastloop: out of memory")
+
+
+def rnn_trace(gx: np.ndarray, W_hh_packed: np.ndarray, h0: np.ndarray,
+              out: np.ndarray | None = None) -> np.ndarray:
+    """states (T, H): states[t] = tanh(gx[t] + states[t-1] W_hh), from h0 (H,); gx (T, H) is
+    X_t W_xh + b_h."""
+    lib = library()
+    gx, h0 = _f32(gx), _f32(h0)
+    T, H = gx.shape
+    out = np.empty((T, H), np.float32) if out is None else out
+    assert out.flags.c_contiguous and out.dtype == np.float32 and out.shape == (T, H)
+    _check(lib.rnn_trace(T, H, gx.ctypes.data, W_hh_packed.ctypes.data, h0.ctypes.data,
+                         out.ctypes.data, threads()))
+    return out
+
+
+def rnn_greedy(prefix: list[int], num_preds: int, rows: np.ndarray, W_hh_packed: np.ndarray,
+               W_hq_packed: np.ndarray, b_q: np.ndarray, h0: np.ndarray) -> list[int]:
+    """Warm up on `prefix` from h0 (H,), then `num_preds` greedy ids; rows (V, H) = W_xh + b_h,
+    b_q (V,). Same steps as `ScratchStepper.greedy_numpy`."""
+    lib = library()
+    V, H = rows.shape
+    rows, b_q = _f32(rows), _f32(b_q)
+    h = np.empty((2, H), np.float32)                  # H_{t-1} and H_t, in turn
+    h[0] = h0
+    logits = np.empty(_round(V), np.float32)
+    ids = np.asarray(prefix, dtype=np.intc)
+    if len(ids) == 0 or ids.min() < 0 or ids.max() >= V:
+        raise ValueError(f"prefix ids must be given and lie in [0, {V})")
+    out = np.empty(num_preds, np.intc)
+    _check(lib.rnn_greedy(len(ids), ids.ctypes.data, num_preds, H, V, rows.ctypes.data,
+                          W_hh_packed.ctypes.data, W_hq_packed.ctypes.data, b_q.ctypes.data,
+                          h.ctypes.data, logits.ctypes.data, out.ctypes.data, threads()))
+    return out.tolist()

@@ -1,0 +1,108 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from rnnkit import fastloop
+from rnnkit.generate import ScratchStepper, rnn_step_numpy
+
+needs_compiler = pytest.mark.skipif(fastloop.library() is None, reason=fastloop.status())
+
+
+def _numpy_trace(gx, W, h0):
+    states, h, z = np.empty_like(gx), h0, np.empty(W.shape[1], np.float32)
+    for t in range(len(gx)):
+        h = rnn_step_numpy(h, np.asfortranarray(W), gx[t], z, out=states[t])
+    return states
+
+
+def _weights(H, V, scale, seed=0):
+    rng = np.random.default_rng(seed)
+    f = lambda *shape: (rng.standard_normal(shape) * scale).astype(np.float32)  # noqa: E731
+    return f(V, H), f(H, H) / H ** 0.5, f(H, V), f(V)     # rows, W_hh (gain `scale`), W_hq, b_q
+
+
+@needs_compiler
+@pytest.mark.parametrize("H", [512, 300, 64, 7])
+def test_compiled_trace_follows_the_numpy_loop_and_threads_change_no_bit(H, monkeypatch):
+    rows, W, _, _ = _weights(H, 28, 0.9)
+    gx = rows[np.random.default_rng(1).integers(0, 28, 3000)]               # (T, H)
+    h0 = np.random.default_rng(2).uniform(-1, 1, H).astype(np.float32)
+    ref = _numpy_trace(gx, W, h0)
+    packed = fastloop.pack_columns(W)
+    runs = {}
+    for threads in ("1", "2"):
+        monkeypatch.setenv("RNNKIT_FASTLOOP_THREADS", threads)
+        runs[threads] = fastloop.rnn_trace(gx, packed, h0)
+    np.testing.assert_allclose(runs["1"], ref, atol=1e-5)
+    assert np.array_equal(runs["1"], runs["2"])
+
+
+@needs_compiler
+def test_compiled_tanh_is_within_a_few_ulp_everywhere():
+    x = np.concatenate([np.linspace(-20, 20, 200_001), [0.0, -0.0, 1e-30, -3.9e-4, 4.1e-4,
+                                                       7.99, 8.01, 1e30, -1e30]]).astype(np.float32)
+    got = fastloop.rnn_trace(x[:, None], fastloop.pack_columns(np.zeros((1, 1), np.float32)),
+                             np.zeros(1, np.float32))[:, 0]
+    exact = np.tanh(x.astype(np.float64))
+    ulp = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    assert np.abs(got - exact).max() < 3e-7
+    assert (np.abs(got - exact) / ulp).max() < 5
+    assert np.all(np.abs(got) <= 1)
+
+
+@needs_compiler
+@pytest.mark.parametrize("H,V", [(512, 28), (64, 28), (200, 130)])
+def test_compiled_greedy_gives_the_numpy_loops_ids(H, V, monkeypatch):
+    rows, W_hh, W_hq, b_q = _weights(H, V, 0.9, seed=H)
+    step = ScratchStepper(*map(torch.from_numpy, (rows, W_hh, np.zeros(H, np.float32), W_hq,
+                                                  b_q)), torch.zeros(1, H))
+    prefix = [3, 1, 4, 1, 5, 9 % V, 2]
+    want = step.greedy_numpy(prefix, 400)
+    assert len(set(want)) > 3                                        # not a constant text
+    for threads in ("1", "2"):
+        monkeypatch.setenv("RNNKIT_FASTLOOP_THREADS", threads)
+        assert step.greedy(prefix, 400) == want
+    assert step.greedy(prefix[:1], 0) == [] and step.greedy(prefix, 1) == want[:1]
+    with pytest.raises(ValueError):
+        fastloop.rnn_greedy([V], 3, rows, *step.packed, b_q, np.zeros(H, np.float32))
+
+
+def test_packing_puts_columns_in_panels_of_128_padded_to_16():
+    W = np.arange(3 * 150, dtype=np.float32).reshape(3, 150)
+    packed = fastloop.pack_columns(W)
+    assert packed.shape == (3 * 128 + 3 * 32,)
+    assert np.array_equal(packed[:3 * 128].reshape(3, 128), W[:, :128])
+    tail = packed[3 * 128:].reshape(3, 32)
+    assert np.array_equal(tail[:, :22], W[:, 128:]) and not tail[:, 22:].any()
+
+
+@pytest.mark.parametrize("env,says", [({"CC": "/nonexistent/cc"}, "no C compiler found (set CC)"),
+                                      ({"RNNKIT_FASTLOOP": "0"}, "RNNKIT_FASTLOOP=0")])
+def test_without_the_compiled_loop_generation_says_so_and_runs_the_numpy_loop(
+        env, says, tmp_path):
+    code = ("from rnnkit import fastloop, RNNScratch\n"
+            "from rnnkit.generate import generate_ids\nimport torch\n"
+            "m = RNNScratch(28, 32, generator=torch.Generator().manual_seed(0))\n"
+            "print(fastloop.status()); print(generate_ids(m, [1, 2], 5).tolist())\n"
+            "print(fastloop.library() is None)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "RNNKIT_CACHE": str(tmp_path), **env}, check=True)
+    status, ids, none = out.stdout.splitlines()
+    assert status == f"numpy loop: {says}" and none == "True" and len(eval(ids)[0]) == 5
+    assert not list(tmp_path.glob("fastloop-*"))
+
+
+@needs_compiler
+def test_the_build_is_kept_in_the_cache_and_reused(tmp_path):
+    code = "from rnnkit import fastloop; print(fastloop.status())"
+    env = {**os.environ, "RNNKIT_CACHE": str(tmp_path)}
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env=env, check=True)
+        assert out.stdout.startswith("compiled loop")
+    built = list(tmp_path.glob("fastloop-*.so"))
+    assert len(built) == 1 and not list(tmp_path.glob("tmp*"))
