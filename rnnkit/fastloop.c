@@ -230,16 +230,27 @@ static void team_stop(Team *tm, pthread_t thread)
 int rnnkit_fastloop_version(void) { return 2; }
 
 /* Teacher-forced: states[t] (H) = tanh(gx[t] + states[t-1] W_hh), states[-1] = h0.
- * gx (T, H) is X_t W_xh + b_h for every step. Returns 0, or -1 out of memory. */
+ * gx (T, H) is X_t W_xh + b_h for every step. With W_out (packed, (H, V)) also
+ * logits[t] (V) = states[t] W_out + b_out: numpy's GEMM for them would wake BLAS threads
+ * that go on spinning into the next trace. Returns 0, or -1 out of memory. */
 int rnn_trace(int T, int H, const float *gx, const float *W_hh, const float *h0,
-              float *states, int threads)
+              float *states, int threads, int V, const float *W_out, const float *b_out,
+              float *logits)
 {
     Team tm; pthread_t thread;
-    if (team_start(&tm, &thread, W_hh, H, threads) < 0) return -1;
-    for (int t = 0; t < T; t++)
-        team_step(&tm, t + 1, t ? states + (int64_t)(t - 1) * H : h0, gx + (int64_t)t * H,
-                  states + (int64_t)t * H);                    /* (H,) H_t */
+    float *o = NULL;
+    if (W_out && !(o = malloc(sizeof(float) * (size_t)((V + LANES - 1) / LANES * LANES))))
+        return -1;
+    if (team_start(&tm, &thread, W_hh, H, threads) < 0) { free(o); return -1; }
+    for (int t = 0; t < T; t++) {
+        float *h = states + (int64_t)t * H;
+        team_step(&tm, t + 1, t ? h - H : h0, gx + (int64_t)t * H, h);   /* (H,) H_t */
+        if (!W_out) continue;
+        vecmat(h, W_out, H, V, o);                                       /* (V,) H_t W_out */
+        for (int v = 0; v < V; v++) logits[(int64_t)t * V + v] = o[v] + b_out[v];
+    }
     team_stop(&tm, thread);
+    free(o);
     return 0;
 }
 

@@ -78,7 +78,7 @@ def library() -> ctypes.CDLL | None:
         _why_not = f"could not build {SOURCE.name} with {cc}: {(first or [str(e)])[0]}"
         return None
     ptr, i = ctypes.c_void_p, ctypes.c_int
-    lib.rnn_trace.argtypes = [i, i, ptr, ptr, ptr, ptr, i]
+    lib.rnn_trace.argtypes = [i, i, ptr, ptr, ptr, ptr, i, i, ptr, ptr, ptr]
     lib.rnn_greedy.argtypes = [i, ptr, i, i, i, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i]
     lib.rnn_trace.restype = lib.rnn_greedy.restype = i
     _lib = lib
@@ -127,17 +127,27 @@ def _check(rc: int) -> None:
 
 
 def rnn_trace(gx: np.ndarray, W_hh_packed: np.ndarray, h0: np.ndarray,
-              out: np.ndarray | None = None) -> np.ndarray:
+              out: np.ndarray | None = None, W_out: np.ndarray | None = None,
+              b_out: np.ndarray | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """states (T, H): states[t] = tanh(gx[t] + states[t-1] W_hh), from h0 (H,); gx (T, H) is
-    X_t W_xh + b_h."""
+    X_t W_xh + b_h. Given W_out (H, V) and b_out (V,): (states, logits (T, V)) with
+    logits[t] = states[t] W_out + b_out."""
     lib = library()
     gx, h0 = _f32(gx), _f32(h0)
     T, H = gx.shape
     out = np.empty((T, H), np.float32) if out is None else out
     assert out.flags.c_contiguous and out.dtype == np.float32 and out.shape == (T, H)
+    if W_out is None:
+        _check(lib.rnn_trace(T, H, gx.ctypes.data, W_hh_packed.ctypes.data, h0.ctypes.data,
+                             out.ctypes.data, threads(), 0, None, None, None))
+        return out
+    V = W_out.shape[1]
+    W_out_packed, b_out = pack_columns(W_out), _f32(b_out)
+    logits = np.empty((T, V), np.float32)
     _check(lib.rnn_trace(T, H, gx.ctypes.data, W_hh_packed.ctypes.data, h0.ctypes.data,
-                         out.ctypes.data, threads()))
-    return out
+                         out.ctypes.data, threads(), V, W_out_packed.ctypes.data,
+                         b_out.ctypes.data, logits.ctypes.data))
+    return out, logits
 
 
 def rnn_greedy(prefix: list[int], num_preds: int, rows: np.ndarray, W_hh_packed: np.ndarray,

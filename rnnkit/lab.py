@@ -47,9 +47,13 @@ def trace(view: CellLayers, ids: list[int]) -> dict:
             gx += layer.b_h                                               # both biases, once
             if fastloop.library() is not None:                           # the same loop, compiled
                 out["h"].fill(0.0)     # fault its pages in here, not in two threads at once
-                fastloop.rnn_trace(gx, fastloop.pack_columns(layer.W_h), h, out=out["h"])
+                last = layer is layers[-1]
+                got = fastloop.rnn_trace(gx, fastloop.pack_columns(layer.W_h), h, out=out["h"],
+                                         W_out=W_out if last else None, b_out=b_out)
                 record.append(out)
                 x = out["h"]
+                if last:
+                    return {"logits": got[1], "layers": record, "cell": cell}
                 continue
         for t in range(len(ids)):
             if cell == "rnn":                                             # in place: no allocation
@@ -94,7 +98,33 @@ def score(traced: dict, ids: list[int], top: int = 5) -> dict:
 
 
 def text_features(tokens: list[str]) -> np.ndarray:
-    """(T, 5) simple features of each character (FEATURES), computed from the text alone."""
+    """(T, 5) simple features of each character (FEATURES), computed from the text alone: the
+    loop of `text_features_loop` as running sums over the whole text."""
+    T = len(tokens)
+    if T == 0:
+        return np.zeros((0, len(FEATURES)), np.float32)
+    kinds = {ch: i for i, ch in enumerate(dict.fromkeys(tokens))}
+    kind = np.fromiter((kinds[ch] for ch in tokens), np.int64, T)            # (T,) token kinds
+    table = list(kinds)
+    of = lambda test: np.array([test(ch) for ch in table], bool)[kind]       # noqa: E731
+
+    quote, opens, closes = of(lambda c: c in "\"“”"), of(lambda c: c == "("), of(lambda c: c == ")")
+    alpha, newline = of(str.isalpha), of(lambda c: c == "\n")
+    vowel = of(lambda c: c.lower() in "aeiou" and c != "")
+    inside = np.cumsum(quote) % 2                                        # after its own toggle
+    walk = np.cumsum(opens.astype(np.int64) - closes)                    # depth without the floor
+    depth = walk - np.minimum(0, np.minimum.accumulate(walk))            # max(0, ·) at each step
+    before = np.concatenate([[0], depth[:-1]])                           # depth before t
+    t = np.arange(T)
+    line_start = np.maximum.accumulate(np.where(np.concatenate([[False], newline[:-1]]), t, 0))
+    prev_alpha = np.concatenate([[False], alpha[:-1]])
+    prev_vowel = np.concatenate([[False], vowel[:-1]])
+    return np.stack([inside, (before + opens) > 0, t - line_start, alpha & ~prev_alpha,
+                     prev_vowel], axis=1).astype(np.float32)
+
+
+def text_features_loop(tokens: list[str]) -> np.ndarray:
+    """`text_features` one character at a time: the reference it is tested against."""
     out = np.zeros((len(tokens), len(FEATURES)), np.float32)
     quote = depth = column = 0
     prev = ""
@@ -115,7 +145,8 @@ def correlations(acts: np.ndarray, feats: np.ndarray, top: int = 10) -> dict:
     (none for a feature the text does not vary, e.g. quotes in a text without any)."""
     a = acts - acts.mean(0)                                              # (T, H)
     f = feats - feats.mean(0)                                            # (T, F)
-    denom = np.sqrt((a * a).sum(0))[:, None] * np.sqrt((f * f).sum(0))[None, :]
+    denom = (np.sqrt(np.einsum("th,th->h", a, a))[:, None]             # no (T, H) temporary
+             * np.sqrt(np.einsum("tf,tf->f", f, f))[None, :])
     r = np.divide(a.T @ f, denom, out=np.zeros((a.shape[1], f.shape[1])), where=denom > 0)
     ranked = {}
     for j, name in enumerate(FEATURES):
@@ -128,8 +159,9 @@ def units(traced: dict, tokens: list[str], layer: int, state: str) -> dict:
     """Every unit's activation per character for one layer and state (or gate), as int8 in
     base64 (row-major (T, H), value = q / 127 * scale[unit]), and the units ranked by feature."""
     acts = traced["layers"][layer][state]                                # (T, H)
-    scale = np.maximum(np.abs(acts).max(axis=0), 1e-12)                  # (H,)
-    q = np.round(acts / scale * 127).astype(np.int8)
+    scale = np.maximum(np.maximum(acts.max(axis=0), -acts.min(axis=0)), 1e-12)   # (H,) max |a|
+    q = np.divide(acts, scale)                                           # (T, H), then in place
+    q = np.rint(np.multiply(q, 127, out=q), out=q).astype(np.int8)
     return {"layer": layer, "state": state, "shape": list(acts.shape),
             "scale": scale.round(6).tolist(),
             "data": base64.b64encode(q.tobytes()).decode("ascii"),

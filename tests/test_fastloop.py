@@ -106,3 +106,42 @@ def test_the_build_is_kept_in_the_cache_and_reused(tmp_path):
         assert out.stdout.startswith("compiled loop")
     built = list(tmp_path.glob("fastloop-*.so"))
     assert len(built) == 1 and not list(tmp_path.glob("tmp*"))
+
+
+@pytest.mark.parametrize("text", ['a (b) c)) ((d"e" “f” g\n hi\n\nx) y (', ")))(((", "", "\n",
+                                  "he said (“yes (no)”)\nand (left"])
+def test_text_features_are_the_per_character_loops(text):
+    from rnnkit.data import time_machine_text
+    from rnnkit.lab import text_features, text_features_loop
+    for tokens in (list(text), list(time_machine_text()[:3000]),
+                   ["<unk>", "io", "(", "É", "a", "\n", "“", ")", ")"]):
+        assert np.array_equal(text_features(tokens), text_features_loop(tokens))
+
+
+def test_feature_ranking_is_pearsons_r():
+    from rnnkit.lab import FEATURES, correlations
+    rng = np.random.default_rng(0)
+    acts = rng.standard_normal((500, 12)).astype(np.float32)
+    feats = rng.standard_normal((500, len(FEATURES))).astype(np.float32)
+    feats[:, 0] = 0.0                                              # a feature the text lacks
+    ranked = correlations(acts, feats, top=3)
+    assert ranked[FEATURES[0]] == []
+    for j, name in enumerate(FEATURES[1:], 1):
+        r = [np.corrcoef(acts[:, u], feats[:, j])[0, 1] for u in range(12)]
+        best = sorted(range(12), key=lambda u: -abs(r[u]))[:3]
+        assert [u for u, _ in ranked[name]] == best
+        assert [v for _, v in ranked[name]] == pytest.approx([r[u] for u in best], abs=1e-4)
+
+
+@needs_compiler
+def test_lab_trace_of_an_rnn_is_the_numpy_loops(monkeypatch):
+    from rnnkit import RNNScratch, lab
+    model = RNNScratch(28, 96, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        model.W_hh.mul_(9)                                         # gain ~0.9: a real recurrence
+    ids = np.random.default_rng(4).integers(0, 28, 700).tolist()
+    fast = model.trace(ids)
+    monkeypatch.setattr(fastloop, "library", lambda: None)        # the numpy loop
+    slow = model.trace(ids)
+    np.testing.assert_allclose(fast["layers"][0]["h"], slow["layers"][0]["h"], atol=1e-5)
+    np.testing.assert_allclose(fast["logits"], slow["logits"], atol=1e-4)
