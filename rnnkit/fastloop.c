@@ -67,10 +67,15 @@ static inline v16 pick(i16v mask, v16 a, v16 b)          /* mask ? a : b, lane b
 }
 
 /* tanh to a few ulp: the 13/6 rational of Eigen's ptanh_float (its coefficients), clamped where
- * float tanh is +-1, and tanh(x) = x below 4e-4. */
+ * float tanh is +-1, and tanh(x) = x below 4e-4. Where the CPU has FMA the compiler fuses
+ * the polynomial's multiply-adds, as Eigen does. */
 static inline v16 tanh16(v16 a)
 {
+#ifdef __FMA__                   /* the clamp where the rational reaches 1 (Eigen's values) */
     const v16 c = splat(7.99881172180175781f);
+#else
+    const v16 c = splat(7.90531110763549805f);
+#endif
     v16 x = pick(a > c, c, pick(a < -c, -c, a));
     v16 x2 = x * x;
     v16 p = splat(-2.76076847742355e-16f);
@@ -227,7 +232,7 @@ static void team_stop(Team *tm, pthread_t thread)
     free(tm->claim);
 }
 
-int rnnkit_fastloop_version(void) { return 2; }
+int rnnkit_fastloop_version(void) { return 3; }
 
 /* Teacher-forced: states[t] (H) = tanh(gx[t] + states[t-1] W_hh), states[-1] = h0.
  * gx (T, H) is X_t W_xh + b_h for every step. With W_out (packed, (H, V)) also
@@ -282,5 +287,67 @@ int rnn_greedy(int n_prefix, const int *prefix, int n, int H, int V, const float
         out[i + 1 - n_prefix] = best;
     }
     team_stop(&tm, thread);
+    return 0;
+}
+
+/* Kneser-Ney p(. | history) of R rows, the recursion unrolled: `ngram.KneserNey.rows_probs`,
+ * whose numpy form this repeats operation for operation (the same products, summed in the same
+ * order, never fused into one multiply-add), so that the two agree bitwise.
+ * history (R, L) ids, -1 before the text. Table k (0..n_tables-1, contexts of k ids): sorted
+ * context keys (n_contexts[k]), starts (n_contexts[k] + 1) into tokens/shares (the flat pairs:
+ * next token, discounted share), back-off weights; top_totals: the last table's context counts.
+ * Out: p (R, V) and top (R,), how often each row's longest context occurred (0: unseen). */
+#define MAX_TABLES 64
+
+static int64_t lower_bound(const int64_t *a, int64_t n, int64_t key)
+{
+    int64_t lo = 0, hi = n;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (a[mid] < key) lo = mid + 1; else hi = mid;
+    }
+    return lo;
+}
+
+int kn_rows(int R, int L, const int64_t *history, int64_t V, int n_tables,
+            const int64_t *const *contexts, const int64_t *n_contexts,
+            const int64_t *const *starts, const double *const *backoff,
+            const int64_t *top_totals, const int64_t *tokens, const double *shares,
+            double *p, int64_t *top)
+{
+    if (n_tables > MAX_TABLES || n_tables - 1 > L) return -1;
+    for (int r = 0; r < R; r++) {
+        const int64_t *h = history + (int64_t)r * L;
+        int64_t key = 0, place = 1, lo[MAX_TABLES], hi[MAX_TABLES];
+        double b[MAX_TABLES];
+        int seen = 0;
+        top[r] = 0;
+        for (int k = 0; k < n_tables; k++) {                 /* contexts of k ids, growing */
+            if (k) {
+                if (h[L - k] < 0) break;                       /* before the text */
+                key += h[L - k] * place;
+                place *= V;
+            }
+            int64_t n = n_contexts[k];
+            if (n == 0) break;
+            int64_t j = lower_bound(contexts[k], n, key);
+            if (j == n) j = n - 1;
+            if (contexts[k][j] != key) break;   /* unseen: so is every longer context */
+            lo[seen] = starts[k][j], hi[seen] = starts[k][j + 1], b[seen] = backoff[k][j];
+            seen++;
+            if (k == n_tables - 1) top[r] = top_totals[j];
+        }
+        double *pr = p + (int64_t)r * V, scale = 1.0;
+        for (int64_t v = 0; v < V; v++) pr[v] = 0.0;
+        for (int i = seen - 1; i >= 0; i--) {                 /* the longest context first */
+            for (int64_t q = lo[i]; q < hi[i]; q++) {
+                volatile double term = shares[q] * scale;     /* rounded, as numpy's product */
+                pr[tokens[q]] += term;
+            }
+            scale *= b[i];
+        }
+        double uniform = scale / (double)V;
+        for (int64_t v = 0; v < V; v++) pr[v] += uniform;
+    }
     return 0;
 }

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import fastloop
 from .models import LanguageModel
 
 BUCKETS = 16            # λ per evidence bucket: floor(log2(1 + count of the context)), capped
@@ -125,6 +126,10 @@ class KneserNey:
         self.tables, self.order = tables, len(tables) - 1
         self.vocab_size = tables[0].vocab_size
         self._flat = None                       # generation's view of the tables: _flat_tables
+        self._lookup = None                     # the same, for fastloop.kn_rows
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_flat": None, "_lookup": None}      # rebuilt when used
 
     @classmethod
     def fit(cls, ids: np.ndarray, vocab_size: int, order: int) -> "KneserNey":
@@ -193,9 +198,34 @@ class KneserNey:
 
     def row_probs(self, history: list[int]) -> tuple[np.ndarray, int]:
         """`next_probs` of one history (≥ order ids, −1 before the text) and how often its
-        top context occurred, the recursion unrolled: p = Σ_k (Π_{m>k} b_m)·a_k + Π_k b_k / V
-        over the seen contexts, a_k = max(c − D, 0)/c(h), b_k = D·N(h·)/c(h). A generation
-        step: one lookup per context length, then a handful of numpy calls in all."""
+        top context occurred: `rows_probs` of one row."""
+        compiled = self._compiled()
+        if compiled is None:
+            return self.row_probs_numpy(history)
+        p, top = compiled.rows(np.asarray(history, np.int64)[None])
+        return p[0], int(top[0])
+
+    def rows_probs(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`next_probs` of every history row (R, L ≥ order) and how often each row's top
+        context occurred (R,): generation's lookups, compiled (`fastloop.kn_rows`), else
+        `rows_probs_numpy`; bitwise the same either way."""
+        compiled = self._compiled()
+        if compiled is None:
+            return self.rows_probs_numpy(history)
+        return compiled.rows(history)
+
+    def _compiled(self):
+        if self._lookup is None and fastloop.library() is not None \
+                and self.order < 64:                                     # kn_rows' limit
+            tokens, shares, tables = self._flat_tables()
+            self._lookup = fastloop.CountLookup(tokens, shares, tables,
+                                                self.tables[-1].totals, self.vocab_size)
+        return self._lookup
+
+    def row_probs_numpy(self, history: list[int]) -> tuple[np.ndarray, int]:
+        """`row_probs` in numpy, the recursion unrolled: p = Σ_k (Π_{m>k} b_m)·a_k + Π_k b_k / V
+        over the seen contexts, a_k = max(c − D, 0)/c(h), b_k = D·N(h·)/c(h). One lookup per
+        context length, then a handful of numpy calls in all."""
         tokens, shares, tables = self._flat_tables()
         V, key, seen, top = self.vocab_size, 0, [], 0
         for k, (contexts, starts, backoff) in enumerate(tables):
@@ -220,10 +250,10 @@ class KneserNey:
         p = np.bincount(tokens[pairs], shares[pairs] * np.repeat(scales, lengths), V)
         return p + scale / V, top
 
-    def rows_probs(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`row_probs` of every history row (R, L) at once: (R, V) and (R,), bitwise the same
-        values (the same products, summed in the same order), in ~12 numpy calls an order
-        whatever R — for the several streams of a beam or of the lab."""
+    def rows_probs_numpy(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`row_probs_numpy` of every history row (R, L) at once: (R, V) and (R,), bitwise the
+        same values (the same products, summed in the same order), in ~12 numpy calls an order
+        whatever R."""
         tokens, shares, tables = self._flat_tables()
         (R, L), V = history.shape, self.vocab_size
         key, alive, top = np.zeros(R, np.int64), np.ones(R, bool), np.zeros(R, np.int64)
@@ -395,11 +425,14 @@ class NgramMixture(LanguageModel):
 
     def counted(self, contexts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The Kneser–Ney side of context rows (R, order): p_kn (R, V) and λ (R, 1). Generation
-        asks for a few rows a step, and for the same contexts again and again: those come from
-        a cache, each row from `row_probs` (`next_probs` to 1e-15, ~7× faster for one row)."""
+        asks for a few rows a step: compiled lookups (`rows_probs`), else the same contexts
+        again and again, from a cache, each row from `row_probs` (`next_probs` to 1e-15)."""
         if len(contexts) > CACHED_ROWS_AT_ONCE:                      # evaluation: no reuse
             return (self.ngram.next_probs(contexts),
                     self.weights[self.ngram.evidence(contexts)][:, None])
+        if self.ngram._compiled() is not None:     # ~1 µs a row: cheaper than the cache
+            p_kn, top = self.ngram.rows_probs(contexts)                 # the cache's values
+            return p_kn, self.weights[bucket(top)][:, None]
         keys = [row.tobytes() for row in contexts]
         cache = self._cache      # replaced when full, never emptied: other threads (the lab's)
         known = {key: cache[key] for key in keys if key in cache}   # may read it meanwhile

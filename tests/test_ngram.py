@@ -1,6 +1,7 @@
 """The Kneser–Ney model and its mixture with the network: exact against a plain reference,
 causal, fitted on validation, saved safely, and used by eval, generate, the lab and resume."""
 import collections
+import copy
 import json
 import math
 import random
@@ -99,7 +100,14 @@ def test_generations_unrolled_counts_are_the_recursions_and_one_row_is_many_rows
     for i in range(len(hist)):
         one, count = kn.row_probs(hist[i].tolist())
         assert np.array_equal(one, many[i]) and count == top[i]
+        one, count = kn.row_probs_numpy(hist[i].tolist())
+        assert np.array_equal(one, many[i]) and count == top[i]
     assert np.array_equal(kn.rows_probs(hist[::-1])[0], many[::-1])
+    reference, reference_top = kn.rows_probs_numpy(hist)     # what fastloop.kn_rows repeats
+    assert np.array_equal(reference, many) and np.array_equal(reference_top, top)
+    longer = np.c_[_ids(len(hist), V, seed=3), hist]          # histories longer than the order
+    assert np.array_equal(kn.rows_probs(longer)[0], many)
+    assert copy.deepcopy(kn).rows_probs(hist)[0].tobytes() == many.tobytes()
 
 
 def test_keys_never_overflow_for_large_vocabularies():
@@ -109,6 +117,7 @@ def test_keys_never_overflow_for_large_vocabularies():
     kn = KneserNey.fit(ids, V, max_context(V))
     hist = _histories(ids[:100], max_context(V))
     assert (kn.target_probs(hist, ids[:100]) > 1e-3).mean() > 0.5
+    assert np.array_equal(kn.rows_probs(hist)[0], kn.rows_probs_numpy(hist)[0])
 
 
 def test_the_weights_go_to_the_better_part():
@@ -320,8 +329,9 @@ def test_without_a_validation_slice_there_is_nothing_to_fit_and_the_run_says_so(
 
 
 def test_generation_with_the_cached_counts_is_exactly_the_uncached_mixture(monkeypatch):
-    """The cache of counted contexts, the one-row dense counts and the one-step windows are
-    shortcuts: a step by step read gives bitwise the log-probabilities of one whole read."""
+    """The compiled lookups, the cache of counted contexts, the one-row dense counts and the
+    one-step windows are shortcuts: step by step gives bitwise the log-probabilities of one
+    whole read."""
     from rnnkit import ngram
     from rnnkit.generate import beam_search, generate_ids
     mixture, ids = _mixture(order=3)
@@ -332,7 +342,10 @@ def test_generation_with_the_cached_counts_is_exactly_the_uncached_mixture(monke
     sampled = generate_ids(mixture, ids[:5].tolist(), 80, num_samples=3, temperature=1.0, seed=1)
     beams = beam_search(mixture, ids[:5].tolist(), 20, beam=4)
     monkeypatch.setattr(ngram, "CACHED_ROWS_AT_ONCE", 64)
-    for _ in range(2):                                                     # cold, then warm
+    for run in range(4):       # compiled lookups (if built) twice, then numpy's, cold and warm
+        if run == 2:
+            monkeypatch.setattr(ngram.fastloop, "library", lambda: None)
+            mixture.ngram._lookup = None
         state, steps = mixture.begin_state(1), []
         for t in range(X.shape[1]):                                        # one step at a time
             logits, state = mixture(X[:, t:t + 1], state)
@@ -342,4 +355,4 @@ def test_generation_with_the_cached_counts_is_exactly_the_uncached_mixture(monke
         assert torch.equal(generate_ids(mixture, ids[:5].tolist(), 80, num_samples=3,
                                         temperature=1.0, seed=1), sampled)
         assert beam_search(mixture, ids[:5].tolist(), 20, beam=4) == beams
-    assert mixture._cache                                                  # it was used
+    assert mixture._cache                                     # numpy's lookups were cached
