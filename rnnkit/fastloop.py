@@ -120,6 +120,10 @@ def _round(n: int) -> int:
     return -(-n // LANES) * LANES
 
 
+def _address(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]          # a third quicker than a.ctypes.data
+
+
 def _f32(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
@@ -202,7 +206,3 @@ class CountLookup:
         _check(library().kn_rows(R, L, _address(history), self.V, self.order + 1, *self.tables,
                                  _address(p), _address(top)))
         return p, top
-
-
-def _address(a: np.ndarray) -> int:
-    return a.__array_interface__["data"][0]          # a third quicker than a.ctypes.data

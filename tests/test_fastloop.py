@@ -135,7 +135,7 @@ def test_feature_ranking_is_pearsons_r():
 
 @needs_compiler
 def test_lab_trace_of_an_rnn_is_the_numpy_loops(monkeypatch):
-    from rnnkit import RNNScratch, lab
+    from rnnkit import RNNScratch
     model = RNNScratch(28, 96, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         model.W_hh.mul_(9)                                         # gain ~0.9: a real recurrence
