@@ -110,10 +110,14 @@ def pack_columns(W: np.ndarray) -> np.ndarray:
     """(n_in, n_out) → fastloop.c's layout: panels of 128 columns (the last one padded with
     zeros to a multiple of 16), each n_in contiguous rows."""
     n_in, n_out = W.shape
-    padded = np.zeros((n_in, _round(n_out)), np.float32)
-    padded[:, :n_out] = W
-    return np.concatenate([padded[:, p:p + PANEL].ravel() for p in range(0, padded.shape[1],
-                                                                          PANEL)])
+    full = n_out // PANEL * PANEL
+    panels = np.asarray(W[:, :full], np.float32).reshape(n_in, full // PANEL, PANEL)
+    packed = np.empty(n_in * _round(n_out), np.float32)
+    packed[:n_in * full].reshape(full // PANEL, n_in, PANEL)[:] = panels.transpose(1, 0, 2)
+    tail = packed[n_in * full:].reshape(n_in, -1)                 # (n_in, width of the last)
+    tail[:, :n_out - full] = W[:, full:]
+    tail[:, n_out - full:] = 0.0
+    return packed
 
 
 def _round(n: int) -> int:

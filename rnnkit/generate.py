@@ -29,12 +29,20 @@ class ScratchStepper:
     def __init__(self, W_xh, W_hh, b_h, W_hq, b_q, h: torch.Tensor):
         # X_t W_xh + b_h with one-hot X_t is row X_t of (W_xh + b_h): precompute every row.
         self.rows = (W_xh + b_h).detach().float()                        # (V, H)
-        self.W_hh = W_hh.detach().float().t().contiguous().t()           # (H, H) fast layout
+        self.W_hh_given = W_hh.detach().float()                         # (H, H) as given
+        self._W_hh = None                                                # (H, H) fast layout
         self.W_hq, self.b_q = W_hq.detach().float(), b_q.detach().float()  # (H, V), (V,)
         self.h = h.detach().float().clone()                              # (N, H)
         self.z = torch.empty_like(self.h)                                # (N, H)
         self.logits = torch.empty(h.shape[0], self.b_q.shape[0], dtype=h.dtype)  # (N, V)
         self.packed = None                                 # W_hh, W_hq in fastloop's layout
+
+    @property
+    def W_hh(self) -> torch.Tensor:
+        """W_hh laid out column-major: faster for addmm (MKL) and numpy's GEMV here."""
+        if self._W_hh is None:
+            self._W_hh = self.W_hh_given.t().contiguous().t()
+        return self._W_hh
 
     def greedy(self, prefix: list[int], num_preds: int) -> list[int]:
         """Single-stream greedy decoding: the whole loop in one compiled call (`fastloop`),
@@ -42,7 +50,7 @@ class ScratchStepper:
         if fastloop.library() is None:
             return self.greedy_numpy(prefix, num_preds)
         if self.packed is None:                                    # once per stepper
-            self.packed = (fastloop.pack_columns(self.W_hh.numpy()),
+            self.packed = (fastloop.pack_columns(self.W_hh_given.numpy()),
                            fastloop.pack_columns(self.W_hq.numpy()))
         return fastloop.rnn_greedy(prefix, num_preds, self.rows.numpy(), *self.packed,
                                    self.b_q.numpy(), self.h[0].numpy())
