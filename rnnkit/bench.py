@@ -354,8 +354,10 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
     curves = chapter_curves(20 if quick else 500)
 
     base = speeds["book loop"]
+    from . import fastloop
     print(f"rnnkit bench — {platform.processor() or platform.machine()}, "
-          f"{threads} threads, torch {torch.__version__}, malloc tuned: {malloc_tuned}")
+          f"{threads} threads, torch {torch.__version__}, malloc tuned: {malloc_tuned}, "
+          f"one-stream loops: {fastloop.status()}")
     print(f"{'training (B=32, T=35, H=512)':32s} {'tokens/s':>10s} {'x book':>7s} "
           f"{'x nn.RNN':>8s} {'GFLOP/s':>8s}")
     for name, v in speeds.items():
@@ -398,6 +400,7 @@ def main(quick: bool = False, json_out: str | None = None) -> int:
     for i in list(range(every - 1, len(curves["fp32"]), every)):
         print(f"  epoch {i + 1:4d}  {curves['fp32'][i]:8.3f} | {curves['bf16'][i]:8.3f}")
     result = {"threads": threads, "malloc_tuned": malloc_tuned, "torch": torch.__version__,
+              "fastloop": fastloop.status(),
               "quick": quick, "train_tokens_per_s": speeds,
               "train_ratio_vs_book": {k: v / base for k, v in speeds.items()},
               "train_ratio_vs_nn_rnn": {k: v / speeds["torch.nn.RNN"] for k, v in speeds.items()},

@@ -24,6 +24,7 @@ def test_quick_benchmark_prints_a_table_and_json(capsys, tmp_path):
     assert "one stream, H=512, GEMV" in out and "numpy loop, 10,000 characters (ms)" in out
     assert all(v > 0 for v in result["greedy_ceiling"].values())
     from rnnkit import fastloop
+    assert result["fastloop"] == fastloop.status() and "one-stream loops: " in out
     if fastloop.library() is not None:
         assert {f"compiled loop, {k} (ms)" for k in ("1 thread", "2 threads",
                                                      "2 threads, one busy process")} \
