@@ -290,6 +290,72 @@ int rnn_greedy(int n_prefix, const int *prefix, int n, int H, int V, const float
     return 0;
 }
 
+/* 16 floats from p, or the first n < 16 of them (the rest 0): the tails of a row. */
+static inline v16 load_n(const float *p, int n)
+{
+    if (n >= LANES) return *(const v16u *)p;
+    v16 v = splat(0.0f);
+    for (int k = 0; k < n; k++) v[k] = p[k];
+    return v;
+}
+
+static inline void store_n(float *p, v16 v, int n)
+{
+    if (n >= LANES) { *(v16u *)p = v; return; }
+    for (int k = 0; k < n; k++) p[k] = v[k];
+}
+
+static inline v16 sigmoid16(v16 x) { return 0.5f * (tanh16(0.5f * x) + 1.0f); }
+
+/* One LSTM (cell 0) or GRU (cell 1) layer read teacher-forced from zero states, as `lab.trace`
+ * does in numpy: gx (T, G H) = x W_x + b_x for every step, W_h packed (H, G H), b_h (G H), in
+ * torch's gate order. out (S, T, H): LSTM h, c, i, f, g, o; GRU h, r, z, n. gh a scratch buffer
+ * of G H rounded up to 16. One thread: a lab request, not a hot loop worth a team. */
+int gated_trace(int cell, int T, int H, const float *gx, const float *W_h, const float *b_h,
+                float *out, float *gh)
+{
+    const int G = cell == 0 ? 4 : 3;
+    const int64_t TH = (int64_t)T * H, GH = (int64_t)G * H;
+    float *zero = calloc((size_t)H, sizeof(float));
+    if (!zero) return -1;
+    for (int t = 0; t < T; t++) {
+        const float *h_prev = t ? out + (int64_t)(t - 1) * H : zero;
+        const float *x = gx + t * GH;
+        float *h = out + (int64_t)t * H;
+        vecmat(h_prev, W_h, H, G * H, gh);                          /* (G H,) H_{t-1} W_h */
+        for (int j = 0; j < H; j += LANES) {
+            int n = H - j;
+            v16 a[4];
+            for (int g = 0; g < G; g++)                               /* + b_h, + x W_x + b_x */
+                a[g] = load_n(gh + g * H + j, n) + load_n(b_h + g * H + j, n);
+            if (cell == 0) {
+                const float *c_prev = t ? out + TH + (int64_t)(t - 1) * H : zero;
+                v16 i = sigmoid16(a[0] + load_n(x + j, n));
+                v16 f = sigmoid16(a[1] + load_n(x + H + j, n));
+                v16 g = tanh16(a[2] + load_n(x + 2 * H + j, n));
+                v16 o = sigmoid16(a[3] + load_n(x + 3 * H + j, n));
+                v16 c = f * load_n(c_prev + j, n) + i * g;
+                store_n(h + j, o * tanh16(c), n);
+                store_n(out + TH + (int64_t)t * H + j, c, n);
+                store_n(out + 2 * TH + (int64_t)t * H + j, i, n);
+                store_n(out + 3 * TH + (int64_t)t * H + j, f, n);
+                store_n(out + 4 * TH + (int64_t)t * H + j, g, n);
+                store_n(out + 5 * TH + (int64_t)t * H + j, o, n);
+            } else {
+                v16 r = sigmoid16(a[0] + load_n(x + j, n));
+                v16 z = sigmoid16(a[1] + load_n(x + H + j, n));
+                v16 m = tanh16(load_n(x + 2 * H + j, n) + r * a[2]);
+                store_n(h + j, m + z * (load_n(h_prev + j, n) - m), n);
+                store_n(out + TH + (int64_t)t * H + j, r, n);
+                store_n(out + 2 * TH + (int64_t)t * H + j, z, n);
+                store_n(out + 3 * TH + (int64_t)t * H + j, m, n);
+            }
+        }
+    }
+    free(zero);
+    return 0;
+}
+
 /* Kneser-Ney p(. | history) of R rows, the recursion unrolled: `ngram.KneserNey.rows_probs`,
  * whose numpy form this repeats operation for operation (the same products, summed in the same
  * order, never fused into one multiply-add), so that the two agree bitwise.

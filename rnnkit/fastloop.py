@@ -83,7 +83,9 @@ def library() -> ctypes.CDLL | None:
     lib.rnn_greedy.argtypes = [i, ptr, i, i, i, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i]
     lib.kn_rows.argtypes = [i, i, ptr, ctypes.c_int64, i, ptr, ptr, ptr, ptr, ptr, ptr, ptr,
                             ptr, ptr]
+    lib.gated_trace.argtypes = [i, i, i, ptr, ptr, ptr, ptr, ptr]
     lib.rnn_trace.restype = lib.rnn_greedy.restype = lib.kn_rows.restype = i
+    lib.gated_trace.restype = i
     _lib = lib
     return lib
 
@@ -125,7 +127,9 @@ def _round(n: int) -> int:
 
 
 def _address(a: np.ndarray) -> int:
-    return a.__array_interface__["data"][0]          # a third quicker than a.ctypes.data
+    """a's data pointer (a third quicker than a.ctypes.data). The caller keeps `a` alive, in a
+    name, for as long as C reads it: an address does not hold the array."""
+    return a.__array_interface__["data"][0]
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
@@ -159,6 +163,24 @@ def rnn_trace(gx: np.ndarray, W_hh_packed: np.ndarray, h0: np.ndarray,
                          out.ctypes.data, threads(), V, W_out_packed.ctypes.data,
                          b_out.ctypes.data, logits.ctypes.data))
     return out, logits
+
+
+GATED = {"lstm": (0, ("h", "c", "i", "f", "g", "o")), "gru": (1, ("h", "r", "z", "n"))}
+
+
+def gated_trace(cell: str, gx: np.ndarray, W_h: np.ndarray, b_h: np.ndarray
+                ) -> dict[str, np.ndarray]:
+    """One LSTM or GRU layer read from zero states, as `lab.trace`'s numpy loop reads it:
+    gx (T, G·H) = x W_x + b_x, W_h (H, G·H), b_h (G·H) in torch's gate order → every state and
+    gate (T, H) by name (lab.STATES)."""
+    code, names = GATED[cell]
+    gx, b_h = _f32(gx), _f32(b_h)
+    (T, GH), H = gx.shape, W_h.shape[0]
+    out = np.empty((len(names), T, H), np.float32)
+    W_h_packed, gh = pack_columns(W_h), np.empty(_round(GH), np.float32)   # alive in the call
+    _check(library().gated_trace(code, T, H, _address(gx), _address(W_h_packed),
+                                 _address(b_h), _address(out), _address(gh)))
+    return dict(zip(names, out))
 
 
 def rnn_greedy(prefix: list[int], num_preds: int, rows: np.ndarray, W_hh_packed: np.ndarray,

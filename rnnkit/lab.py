@@ -55,6 +55,11 @@ def trace(view: CellLayers, ids: list[int]) -> dict:
                 if last:
                     return {"logits": got[1], "layers": record, "cell": cell}
                 continue
+        elif cell in fastloop.GATED and fastloop.library() is not None:  # the loop below, compiled
+            out = fastloop.gated_trace(cell, gx, layer.W_h, layer.b_h)
+            record.append(out)
+            x = out["h"]
+            continue
         for t in range(len(ids)):
             if cell == "rnn":                                             # in place: no allocation
                 h = rnn_step_numpy(h, W_h, gx[t], gh, out=out["h"][t])

@@ -145,3 +145,28 @@ def test_lab_trace_of_an_rnn_is_the_numpy_loops(monkeypatch):
     slow = model.trace(ids)
     np.testing.assert_allclose(fast["layers"][0]["h"], slow["layers"][0]["h"], atol=1e-5)
     np.testing.assert_allclose(fast["logits"], slow["logits"], atol=1e-4)
+
+
+@needs_compiler
+@pytest.mark.parametrize("cell,H,layers,embed", [("lstm", 50, 2, 12), ("gru", 37, 2, 0),
+                                                 ("lstm", 128, 1, 0), ("rnn", 40, 2, 8)])
+def test_lab_traces_of_gated_and_stacked_layers_are_the_numpy_loops(cell, H, layers, embed,
+                                                                    monkeypatch):
+    from rnnkit.models import TorchRNN
+    torch.manual_seed(0)
+    model = TorchRNN(30, H, cell=cell, num_layers=layers, embed=embed).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3)                                  # gates away from 0.5: a real recurrence
+    ids = np.random.default_rng(5).integers(0, 30, 600).tolist()
+    fast = model.trace(ids)
+    monkeypatch.setattr(fastloop, "library", lambda: None)        # the numpy loops
+    slow = model.trace(ids)
+    for got, want in zip(fast["layers"], slow["layers"]):
+        assert got.keys() == want.keys()
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(fast["logits"], slow["logits"], atol=1e-4)
+    with torch.no_grad():                        # and both are what torch's layer computes
+        logits, _ = model(torch.tensor([ids]), model.begin_state(1))
+    np.testing.assert_allclose(fast["logits"], logits[:, 0].numpy(), atol=1e-4)
