@@ -226,3 +226,27 @@ def test_copies_of_the_training_text_are_underlined_with_where_they_occur(browse
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
+
+
+def test_a_transformer_run_says_its_units_panel_is_for_recurrent_cells(browser, tmp_path):
+    from rnnkit.cli import main
+    run = tmp_path / "tf"
+    assert main(["train", "--cell", "transformer", "--hidden", "32", "--layers", "1",
+                 "--num-steps", "16", "--max-tokens", "3000", "--batch-size", "8", "--epochs",
+                 "1", "--optimizer", "adamw", "--lr", "3e-3", "--sample-every", "0",
+                 "--out", str(run)]) == 0
+    proc, url = start_lab(run)
+    try:
+        page = open_lab(browser, url)
+        page.click("nav button[data-panel=units]")
+        assert "for recurrent cells: a transformer run" in page.inner_text("#units-status")
+        assert page.is_disabled("#units-go") and page.is_disabled("#units-state")
+        page.click("nav button[data-panel=read]")                # reading still works
+        page.fill("#read-text", "the time machine")
+        page.click("#read-go")
+        _wait_for(page, "document.querySelector('#read-summary').textContent"
+                        ".includes('bits per character')")
+        page.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)

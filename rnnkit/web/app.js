@@ -50,6 +50,10 @@ async function loadRuns() {
     $("units-layer").replaceChildren(...[...Array(run.num_layers).keys()].map((i) => el("option", {value: i}, String(i))));
     $("units-state").replaceChildren(...run.states.map((s) => el("option", {value: s}, s)));
     $("units-unit").max = run.hidden - 1;
+    const recurrent = run.states.length > 0;     // a transformer has no states to show
+    for (const id of ["units-layer", "units-state", "units-unit", "units-go"]) $(id).disabled = !recurrent;
+    $("units-status").textContent = recurrent ? "" :
+      `hidden units are for recurrent cells: a ${run.cell} run has no states to show`;
     loadTraining();
   };
   select.onchange = pick;
