@@ -89,6 +89,17 @@ def gemm_gflops(n: int, dtype=torch.float32, m: int | None = None, repeats: int 
     return 2 * m * n * n / statistics.median(times) / 1e9
 
 
+def median_seconds(fn, rounds: int) -> float:
+    """The median wall time of `rounds` calls of fn, after one call that warms it."""
+    fn()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def generation_speed(quick: bool) -> dict[str, float]:
     _, vocab = load_corpus()
     torch.manual_seed(0)
@@ -105,14 +116,8 @@ def generation_speed(quick: bool) -> dict[str, float]:
             ("fast, 1 stream", lambda: generate_ids(model, vocab[list(prefix)], n)),
             ("fast, 64 streams", lambda: generate_ids(model, vocab[list(prefix)], n // 4,
                                                       num_samples=64, temperature=1.0, seed=0))):
-        fn()
-        times = []
-        for _ in range(3 if quick else 5):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
         chars = n if "64" not in name else 64 * (n // 4)
-        out[name] = chars / statistics.median(times)
+        out[name] = chars / median_seconds(fn, 3 if quick else 5)
     assert d2l.predict_ch8_loop(prefix, 100, net, vocab, "cpu") == \
         d2l.predict_ch8(prefix, 100, net, vocab, "cpu")           # same text, faster
     return out
@@ -242,14 +247,7 @@ def greedy_ceiling(quick: bool) -> dict[str, float]:
         for t in range(len(rows)):
             state = rnn_step_numpy(state, W_col, rows[t], z, out=states[t])
 
-    def ms(fn) -> float:
-        fn()
-        times = []
-        for _ in range(2 if quick else 5):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return 1000 * statistics.median(times)
+    ms = lambda fn: 1000 * median_seconds(fn, 2 if quick else 5)  # noqa: E731
     out["numpy loop, 10,000 characters (ms)"] = ms(numpy_loop)
     if fastloop.library() is None:
         return out
