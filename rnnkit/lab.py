@@ -18,6 +18,8 @@ from .models import CellLayers
 
 FEATURES = ("inside quotes", "inside parentheses", "position in line", "start of a word",
             "after a vowel")
+BLOCK = 2048    # rows of (T, H) worked on at a time: a 100,000-character text would otherwise
+                # make 200 MB temporaries per request, and fresh pages are slow to fault in
 STATES = {"rnn": ("h",), "gru": ("h", "r", "z", "n"), "lstm": ("h", "c", "i", "f", "g", "o"),
           "mingru": ("h", "z"), "minlstm": ("h", "f", "i"), "transformer": ()}
 
@@ -148,11 +150,14 @@ def text_features_loop(tokens: list[str]) -> np.ndarray:
 def correlations(acts: np.ndarray, feats: np.ndarray, top: int = 10) -> dict:
     """For each feature, the `top` units by |Pearson correlation| with it: [[unit, r], ...]
     (none for a feature the text does not vary, e.g. quotes in a text without any)."""
-    a = acts - acts.mean(0)                                              # (T, H)
-    f = feats - feats.mean(0)                                            # (T, F)
-    denom = (np.sqrt(np.einsum("th,th->h", a, a))[:, None]             # no (T, H) temporary
-             * np.sqrt(np.einsum("tf,tf->f", f, f))[None, :])
-    r = np.divide(a.T @ f, denom, out=np.zeros((a.shape[1], f.shape[1])), where=denom > 0)
+    mean, f = acts.mean(0), feats - feats.mean(0)                        # (H,), (T, F)
+    cov, var = np.zeros((acts.shape[1], f.shape[1])), np.zeros(acts.shape[1])
+    for s in range(0, len(acts), BLOCK):          # (BLOCK, H) temporaries, never (T, H)
+        a = acts[s:s + BLOCK] - mean                                     # (BLOCK, H)
+        cov += a.T @ f[s:s + BLOCK]                                      # (H, F)
+        var += np.einsum("th,th->h", a, a)                               # (H,)
+    denom = np.sqrt(var)[:, None] * np.sqrt(np.einsum("tf,tf->f", f, f))[None, :]
+    r = np.divide(cov, denom, out=np.zeros_like(cov), where=denom > 0)
     ranked = {}
     for j, name in enumerate(FEATURES):
         order = np.argsort(-np.abs(r[:, j]))[:top]
@@ -165,8 +170,10 @@ def units(traced: dict, tokens: list[str], layer: int, state: str) -> dict:
     base64 (row-major (T, H), value = q / 127 * scale[unit]), and the units ranked by feature."""
     acts = traced["layers"][layer][state]                                # (T, H)
     scale = np.maximum(np.maximum(acts.max(axis=0), -acts.min(axis=0)), 1e-12)   # (H,) max |a|
-    q = np.divide(acts, scale)                                           # (T, H), then in place
-    q = np.rint(np.multiply(q, 127, out=q), out=q).astype(np.int8)
+    q = np.empty(acts.shape, np.int8)                                    # (T, H)
+    for s in range(0, len(acts), BLOCK):
+        block = np.divide(acts[s:s + BLOCK], scale)                      # (BLOCK, H)
+        q[s:s + BLOCK] = np.rint(np.multiply(block, 127, out=block), out=block)
     return {"layer": layer, "state": state, "shape": list(acts.shape),
             "scale": scale.round(6).tolist(),
             "data": base64.b64encode(q.tobytes()).decode("ascii"),

@@ -34,6 +34,8 @@ def add_parsers(sub) -> None:
 def cmd_serve(args) -> int:
     import torch
 
+    from threadpoolctl import threadpool_limits
+
     from ..perf import threads_for
     from ..server import serve
     from ..streams import StreamEngine
@@ -58,6 +60,10 @@ def cmd_serve(args) -> int:
               flush=True)
 
     torch.set_num_threads(threads_for(StreamEngine.BLOCK))  # steps of 16 rows: one thread
+    # numpy's OpenBLAS threads spin for ~0.1 s after each threaded call (the units panel's
+    # correlations), on the core the next text's trace wants for its second thread: measured,
+    # a score took 85-175 ms with them, 70-80 ms without.
+    threadpool_limits(1, user_api="blas")
     try:
         serve(args.run_dirs, args.host, args.port, allow_hosts=tuple(args.allow_host),
               ready=ready)
