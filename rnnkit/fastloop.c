@@ -1,8 +1,12 @@
-/* The chapter's recurrence, one stream, compiled: H_t = tanh(X_t W_xh + b_h + H_{t-1} W_hh)
- * and greedy O_t = H_t W_hq + b_q. The readable reference is `generate.rnn_step_numpy` and
- * `ScratchStepper.greedy_numpy`; `fastloop.py` builds this file with the machine's C compiler
- * and tests it against them. Why it exists: per character, numpy's loop pays ~10 us of calls
- * around a ~10 us GEMV; here the whole loop is one call.
+/* Generation's and the lab's per-character loops, compiled:
+ *   rnn_greedy, rnn_trace  the chapter's H_t = tanh(X_t W_xh + b_h + H_{t-1} W_hh) for one
+ *                          stream, greedy O_t = H_t W_hq + b_q, on one or two threads;
+ *   gated_trace            an LSTM or GRU layer read along a text (the lab);
+ *   kn_rows                the n-gram mixture's Kneser-Ney distributions, bitwise numpy's.
+ * The readable references are `generate.rnn_step_numpy`, `ScratchStepper.greedy_numpy`,
+ * `lab.trace`'s loop and `KneserNey.rows_probs_numpy`; `fastloop.py` builds this file with the
+ * machine's C compiler and the tests hold each to its reference. Why it exists: per character,
+ * numpy's loop pays ~10 us of calls around a ~10 us GEMV; here a whole text is one call.
  *
  * Matrices come packed in column panels (`fastloop.pack_columns`): panel p holds columns
  * [128p, 128p + w) as n_in contiguous rows of w floats, w a multiple of 16 (zero-padded), so
