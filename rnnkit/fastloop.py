@@ -183,6 +183,9 @@ def gated_trace(cell: str, gx: np.ndarray, W_h: np.ndarray, b_h: np.ndarray
     return dict(zip(names, out))
 
 
+CHUNK = 1 << 16     # greedy ids a call makes at most: Ctrl-C is seen between calls (~0.5 s)
+
+
 def rnn_greedy(prefix: list[int], num_preds: int, rows: np.ndarray, W_hh_packed: np.ndarray,
                W_hq_packed: np.ndarray, b_q: np.ndarray, h0: np.ndarray) -> list[int]:
     """Warm up on `prefix` from h0 (H,), then `num_preds` greedy ids; rows (V, H) = W_xh + b_h,
@@ -196,11 +199,19 @@ def rnn_greedy(prefix: list[int], num_preds: int, rows: np.ndarray, W_hh_packed:
     ids = np.asarray(prefix, dtype=np.intc)
     if len(ids) == 0 or ids.min() < 0 or ids.max() >= V:
         raise ValueError(f"prefix ids must be given and lie in [0, {V})")
-    out = np.empty(num_preds, np.intc)
-    _check(lib.rnn_greedy(len(ids), ids.ctypes.data, num_preds, H, V, rows.ctypes.data,
-                          W_hh_packed.ctypes.data, W_hq_packed.ctypes.data, b_q.ctypes.data,
-                          h.ctypes.data, logits.ctypes.data, out.ctypes.data, threads()))
-    return out.tolist()
+    made: list[int] = []
+    while True:
+        n = min(CHUNK, num_preds - len(made))
+        out = np.empty(n, np.intc)
+        _check(lib.rnn_greedy(len(ids), ids.ctypes.data, n, H, V, rows.ctypes.data,
+                              W_hh_packed.ctypes.data, W_hq_packed.ctypes.data,
+                              b_q.ctypes.data, h.ctypes.data, logits.ctypes.data,
+                              out.ctypes.data, threads()))
+        made += out.tolist()
+        if len(made) == num_preds:
+            return made
+        h[0] = h[(len(ids) - 1 + n) % 2]              # the state after the call's last step
+        ids = out[-1:].copy()                         # fed first by the next call
 
 
 class CountLookup:

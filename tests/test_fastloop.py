@@ -67,6 +67,8 @@ def test_compiled_greedy_gives_the_numpy_loops_ids(H, V, monkeypatch):
         monkeypatch.setenv("RNNKIT_FASTLOOP_THREADS", threads)
         assert step.greedy(prefix, 400) == want
     assert step.greedy(prefix[:1], 0) == [] and step.greedy(prefix, 1) == want[:1]
+    monkeypatch.setattr(fastloop, "CHUNK", 7)                 # many calls, one text
+    assert step.greedy(prefix, 400) == want and step.greedy(prefix, 14) == want[:14]
     with pytest.raises(ValueError):
         fastloop.rnn_greedy([V], 3, rows, *step.packed, b_q, np.zeros(H, np.float32))
 
