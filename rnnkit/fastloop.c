@@ -236,8 +236,6 @@ static void team_stop(Team *tm, pthread_t thread)
     free(tm->claim);
 }
 
-int rnnkit_fastloop_version(void) { return 3; }
-
 /* Teacher-forced: states[t] (H) = tanh(gx[t] + states[t-1] W_hh), states[-1] = h0.
  * gx (T, H) is X_t W_xh + b_h for every step. With W_out (packed, (H, V)) also
  * logits[t] (V) = states[t] W_out + b_out: numpy's GEMM for them would wake BLAS threads

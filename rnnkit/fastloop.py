@@ -24,9 +24,11 @@ import numpy as np
 from .encode import cache_dir
 
 SOURCE = Path(__file__).with_name("fastloop.c")
-FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-pthread"]
+BUILDS = (["-O3", "-march=native"], ["-O3"])     # for this CPU's vector units, else any CPU's
+LINK = ["-shared", "-fPIC", "-pthread"]
 LANES, PANEL = 16, 128            # fastloop.c's vector width and panel width, in floats
 _lib: ctypes.CDLL | None = None
+_flags: list[str] = []
 _why_not: str | None = None
 _tried = False
 
@@ -40,12 +42,12 @@ def _cpu() -> str:
     return "\n".join(sorted({x for x in lines if x.startswith(("model name", "flags"))}))
 
 
-def _build(cc: str, target: Path) -> None:
+def _build(cc: str, flags: list[str], target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE)], check=True, timeout=120,
+        subprocess.run([cc, *flags, *LINK, "-o", tmp, str(SOURCE)], check=True, timeout=120,
                        capture_output=True)
         os.replace(tmp, target)         # atomic: concurrent builders each leave a whole file
     finally:
@@ -66,17 +68,22 @@ def library() -> ctypes.CDLL | None:
     if cc is None:
         _why_not = "no C compiler found (set CC)"
         return None
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *FLAGS]).encode()
-                         + _cpu().encode()).hexdigest()[:16]
-    target = cache_dir() / f"fastloop-{platform.machine()}-{key}.so"
-    try:
-        if not target.exists():
-            _build(cc, target)
-        lib = ctypes.CDLL(str(target))
-    except (OSError, subprocess.SubprocessError) as e:
-        detail = getattr(e, "stderr", b"") or b""
-        first = detail.decode(errors="replace").strip().splitlines()[:1]
-        _why_not = f"could not build {SOURCE.name} with {cc}: {(first or [str(e)])[0]}"
+    failures = []
+    for flags in BUILDS:               # a compiler without -march=native gets the plain build
+        key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *flags, *LINK]).encode()
+                             + _cpu().encode()).hexdigest()[:16]
+        target = cache_dir() / f"fastloop-{platform.machine()}-{key}.so"
+        try:
+            if not target.exists():
+                _build(cc, flags, target)
+            lib = ctypes.CDLL(str(target))
+            break
+        except (OSError, subprocess.SubprocessError) as e:
+            detail = getattr(e, "stderr", b"") or b""
+            first = detail.decode(errors="replace").strip().splitlines()[:1]
+            failures.append((first or [str(e)])[0])
+    else:
+        _why_not = f"could not build {SOURCE.name} with {cc}: {failures[0]}"
         return None
     ptr, i = ctypes.c_void_p, ctypes.c_int
     lib.rnn_trace.argtypes = [i, i, ptr, ptr, ptr, ptr, i, i, ptr, ptr, ptr]
@@ -86,15 +93,16 @@ def library() -> ctypes.CDLL | None:
     lib.gated_trace.argtypes = [i, i, i, ptr, ptr, ptr, ptr, ptr]
     lib.rnn_trace.restype = lib.rnn_greedy.restype = lib.kn_rows.restype = i
     lib.gated_trace.restype = i
-    _lib = lib
+    _lib, _flags[:] = lib, flags
     return lib
 
 
 def threads() -> int:
     """Threads for one stream's step: two where two cores are ours (RNNKIT_FASTLOOP_THREADS
     overrides). Safe on a busy machine: the caller does any panel the helper has not claimed."""
-    if os.environ.get("RNNKIT_FASTLOOP_THREADS"):
-        return max(1, int(os.environ["RNNKIT_FASTLOOP_THREADS"]))
+    wanted = os.environ.get("RNNKIT_FASTLOOP_THREADS", "")
+    if wanted.isdigit():
+        return max(1, int(wanted))
     try:
         return min(2, len(os.sched_getaffinity(0)))
     except AttributeError:
@@ -104,7 +112,7 @@ def threads() -> int:
 def status() -> str:
     """One line: which loop one-stream greedy decoding and the lab's RNN trace run."""
     if library() is not None:
-        return f"compiled loop ({SOURCE.name}, {' '.join(FLAGS[:2])}, {threads()} threads)"
+        return f"compiled loop ({SOURCE.name}, {' '.join(_flags)}, {threads()} threads)"
     return f"numpy loop: {_why_not}"
 
 

@@ -174,3 +174,21 @@ def test_lab_traces_of_gated_and_stacked_layers_are_the_numpy_loops(cell, H, lay
     with torch.no_grad():                        # and both are what torch's layer computes
         logits, _ = model(torch.tensor([ids]), model.begin_state(1))
     np.testing.assert_allclose(fast["logits"], logits[:, 0].numpy(), atol=1e-4)
+
+
+@needs_compiler
+def test_a_compiler_without_march_native_gets_the_portable_build(tmp_path):
+    cc = tmp_path / "cc"                  # a compiler that knows no -march=native
+    cc.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = -march=native ] && exit 1; done\n'
+                  'exec cc "$@"\n')
+    cc.chmod(0o755)
+    code = ("from rnnkit import fastloop, RNNScratch\nfrom rnnkit.generate import generate_ids\n"
+            "import torch\nm = RNNScratch(28, 40, generator=torch.Generator().manual_seed(0))\n"
+            "print(fastloop.status()); print(generate_ids(m, [1, 2], 30).tolist())")
+    env = {**os.environ, "RNNKIT_CACHE": str(tmp_path / "cache"), "CC": str(cc)}
+    status, ids = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                 env=env, check=True).stdout.splitlines()
+    assert status.startswith("compiled loop (fastloop.c, -O3, ")
+    env["RNNKIT_FASTLOOP"] = "0"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          check=True).stdout.splitlines()[1] == ids      # the numpy loop's ids
