@@ -199,7 +199,7 @@ class KneserNey:
     def row_probs(self, history: list[int]) -> tuple[np.ndarray, int]:
         """`next_probs` of one history (≥ order ids, −1 before the text) and how often its
         top context occurred: `rows_probs` of one row."""
-        compiled = self._compiled()
+        compiled = self.compiled_lookup()
         if compiled is None:
             return self.row_probs_numpy(history)
         p, top = compiled.rows(np.asarray(history, np.int64)[None])
@@ -209,12 +209,13 @@ class KneserNey:
         """`next_probs` of every history row (R, L ≥ order) and how often each row's top
         context occurred (R,): generation's lookups, compiled (`fastloop.kn_rows`), else
         `rows_probs_numpy`; bitwise the same either way."""
-        compiled = self._compiled()
+        compiled = self.compiled_lookup()
         if compiled is None:
             return self.rows_probs_numpy(history)
         return compiled.rows(history)
 
-    def _compiled(self):
+    def compiled_lookup(self) -> "fastloop.CountLookup | None":
+        """The tables as `fastloop.kn_rows` reads them (built once), or None without fastloop."""
         if self._lookup is None and fastloop.library() is not None \
                 and self.order < 64:                                     # kn_rows' limit
             tokens, shares, tables = self._flat_tables()
@@ -430,7 +431,7 @@ class NgramMixture(LanguageModel):
         if len(contexts) > CACHED_ROWS_AT_ONCE:                      # evaluation: no reuse
             return (self.ngram.next_probs(contexts),
                     self.weights[self.ngram.evidence(contexts)][:, None])
-        if self.ngram._compiled() is not None:     # ~1 µs a row: cheaper than the cache
+        if self.ngram.compiled_lookup() is not None:     # ~1 µs a row: cheaper than the cache
             p_kn, top = self.ngram.rows_probs(contexts)                 # the cache's values
             return p_kn, self.weights[bucket(top)][:, None]
         keys = [row.tobytes() for row in contexts]
