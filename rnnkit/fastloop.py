@@ -17,6 +17,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ _lib: ctypes.CDLL | None = None
 _flags: list[str] = []
 _why_not: str | None = None
 _tried = False
+_building = threading.Lock()
 
 
 def _cpu() -> str:
@@ -56,18 +58,25 @@ def _build(cc: str, flags: list[str], target: Path) -> None:
 
 
 def library() -> ctypes.CDLL | None:
-    """The compiled loop, built on first call; None where it cannot be (see `status`)."""
-    global _lib, _why_not, _tried
-    if _tried:
-        return _lib
-    _tried = True
+    """The compiled loops, built on first call; None where they cannot be (see `status`)."""
+    global _tried
+    if not _tried:
+        with _building:                 # the lab's threads may all ask at once: one builds,
+            if not _tried:              # and the others wait for its library
+                _load()
+                _tried = True
+    return _lib
+
+
+def _load() -> None:
+    global _lib, _why_not
     if os.environ.get("RNNKIT_FASTLOOP", "1") == "0":
         _why_not = "RNNKIT_FASTLOOP=0"
-        return None
+        return
     cc = shutil.which(os.environ.get("CC", "cc"))
     if cc is None:
         _why_not = "no C compiler found (set CC)"
-        return None
+        return
     failures = []
     for flags in BUILDS:               # a compiler without -march=native gets the plain build
         key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *flags, *LINK]).encode()
@@ -84,7 +93,7 @@ def library() -> ctypes.CDLL | None:
             failures.append((first or [str(e)])[0])
     else:
         _why_not = f"could not build {SOURCE.name} with {cc}: {failures[0]}"
-        return None
+        return
     ptr, i = ctypes.c_void_p, ctypes.c_int
     lib.rnn_trace.argtypes = [i, i, ptr, ptr, ptr, ptr, i, i, ptr, ptr, ptr]
     lib.rnn_greedy.argtypes = [i, ptr, i, i, i, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i]
@@ -94,7 +103,6 @@ def library() -> ctypes.CDLL | None:
     lib.rnn_trace.restype = lib.rnn_greedy.restype = lib.kn_rows.restype = i
     lib.gated_trace.restype = i
     _lib, _flags[:] = lib, flags
-    return lib
 
 
 def threads() -> int:

@@ -192,3 +192,15 @@ def test_a_compiler_without_march_native_gets_the_portable_build(tmp_path):
     env["RNNKIT_FASTLOOP"] = "0"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           check=True).stdout.splitlines()[1] == ids      # the numpy loop's ids
+
+
+def test_threads_asking_at_once_all_get_the_one_library(tmp_path):
+    code = ("import threading\nfrom rnnkit import fastloop\ngot = []\n"
+            "ts = [threading.Thread(target=lambda: got.append(fastloop.library())) "
+            "for _ in range(8)]\n[t.start() for t in ts]; [t.join() for t in ts]\n"
+            "print(len(got), len({id(x) for x in got}), fastloop.status()[:13])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "RNNKIT_CACHE": str(tmp_path)}).stdout.split()
+    want = "compiled" if fastloop.library() is not None else "numpy"
+    assert out[:2] == ["8", "1"] and out[2] == want
+    assert len(list(tmp_path.glob("fastloop-*.so"))) == (want == "compiled")
