@@ -221,3 +221,21 @@ def test_mingru_exports_its_step_and_the_transformer_refuses_in_one_line(runs, t
     assert main(["export", str(runs["transformer"]), "--out", str(tmp_path / "t.onnx")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("rnnkit: error: a transformer run is not exported") and "\n" not in err
+
+
+@pytest.mark.parametrize("kind", ["mingru", "minlstm"])
+def test_the_labs_trace_reads_a_text_as_the_step_by_step_forward(kind):
+    model = _min_model(kind).eval()
+    ids = torch.randint(0, 23, (300,), generator=torch.Generator().manual_seed(2)).tolist()
+    traced = model.trace(ids)                               # every step at once
+    state, logits, hs = model.begin_state(1), [], []
+    with torch.no_grad():
+        for i in ids:                                       # one character at a time
+            out, state = model(torch.tensor([[i]]), state)
+            logits.append(out[0, 0])
+            hs.append(state[0][:, 0])
+    torch.testing.assert_close(torch.from_numpy(traced["logits"]), torch.stack(logits),
+                               atol=1e-5, rtol=1e-5)
+    for layer, record in enumerate(traced["layers"]):
+        torch.testing.assert_close(torch.from_numpy(record["h"]),
+                                   torch.stack([h[layer] for h in hs]), atol=1e-5, rtol=1e-5)
