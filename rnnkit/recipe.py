@@ -32,7 +32,7 @@ EMBED = 64
 PARAMS_PER_TOKEN = 6.0      # step 1: parameters allowed per training token (dropout covers it)
 MIN_EPOCHS = 8.0            # step 2: passes over the training slice the budget must allow
 TOKENS_PER_PARAMETER = 20   # step 2, large corpora: tokens seen per parameter (the LSTM's)
-FLOPS_PER_SECOND = 1.1e11   # step 2: a 2-core Zen 4 training torch's fused LSTM (measured)
+FLOPS_PER_SECOND = 1.1e11   # step 2: a 2-core Zen 5 training torch's fused LSTM (measured)
 MAX_DROPOUT = 0.5
 
 
