@@ -1,10 +1,10 @@
 """What the web lab shows of a model: how surprised it is by each character of a text, what it
 would have guessed instead, and what every hidden unit does along the text.
 
-One recurrent pass (`trace`: numpy, one GEMV per character and layer; RNN layers in one
-compiled call, `fastloop`) gives every layer's states and gates and the logits; `score` and
-`units` read from it. Every network goes through its `cell_layers`, the same torch-form view
-the ONNX graph is written from.
+One recurrent pass (`trace`: one GEMV per character and layer, an RNN, GRU or LSTM layer in one
+compiled call, `fastloop`, else `layer_numpy`) gives every layer's states and gates and the
+logits; `score` and `units` read from it. Every network goes through its `cell_layers`, the
+same torch-form view the ONNX graph is written from.
 """
 from __future__ import annotations
 
@@ -32,59 +32,66 @@ def trace(view: CellLayers, ids: list[int]) -> dict:
     """Run a network (its `cell_layers`) over `ids` from its zero state. Returns {"logits":
     (T, V), "layers": [{state name: (T, H)}]}: logits[t] predicts ids[t + 1]; states are those
     after reading ids[t]. (Call it as `model.trace(ids)`.)"""
-    cell, table, layers, W_out, b_out = view.cell, view.table, view.layers, view.W_out, view.b_out
+    cell, layers, W_out, b_out = view.cell, view.layers, view.W_out, view.b_out
     ids = np.asarray(ids, dtype=np.int64)
-    x, record = None, []
-    for layer in layers:
-        H, W_h = layer.W_h.shape[0], np.asfortranarray(layer.W_h)   # GEMV's faster layout here
+    compiled = fastloop.library() is not None and cell in ("rnn", *fastloop.GATED)
+    x, record, logits = None, [], None
+    for k, layer in enumerate(layers):
         if x is None:                  # layer 1: project the table, then pick rows (V << T)
-            gx = (table @ layer.W_x + layer.b_x)[ids]                    # (T, G·H) all steps
+            gx = (view.table @ layer.W_x + layer.b_x)[ids]               # (T, G·H) all steps
         else:
             gx = x @ layer.W_x + layer.b_x                                # (T, G·H) all steps
-        names = STATES[cell]
-        out = {n: np.empty((len(ids), H), np.float32) for n in names}
-        h, c = np.zeros(H, np.float32), np.zeros(H, np.float32)
-        gh = np.empty(layer.W_h.shape[1], np.float32)                     # (G·H,)
         if cell == "rnn":
             gx += layer.b_h                                               # both biases, once
-            if fastloop.library() is not None:                           # the same loop, compiled
-                out["h"].fill(0.0)     # fault its pages in here, not in two threads at once
-                last = layer is layers[-1]
-                got = fastloop.rnn_trace(gx, fastloop.pack_columns(layer.W_h), h, out=out["h"],
-                                         W_out=W_out if last else None, b_out=b_out)
-                record.append(out)
-                x = out["h"]
-                if last:
-                    return {"logits": got[1], "layers": record, "cell": cell}
-                continue
-        elif cell in fastloop.GATED and fastloop.library() is not None:  # the loop below, compiled
+        if not compiled:
+            out = layer_numpy(cell, gx, layer)
+        elif cell == "rnn":                          # the loop of layer_numpy, in one C call
+            last = k == len(layers) - 1
+            states = np.empty((len(ids), layer.W_h.shape[0]), np.float32)          # (T, H)
+            states.fill(0.0)           # fault its pages in here, not in two threads at once
+            got = fastloop.rnn_trace(gx, fastloop.pack_columns(layer.W_h),
+                                     np.zeros(layer.W_h.shape[0], np.float32), out=states,
+                                     W_out=W_out if last else None, b_out=b_out)
+            out, logits = {"h": states}, (got[1] if last else None)
+        else:
             out = fastloop.gated_trace(cell, gx, layer.W_h, layer.b_h)
-            record.append(out)
-            x = out["h"]
-            continue
-        for t in range(len(ids)):
-            if cell == "rnn":                                             # in place: no allocation
-                h = rnn_step_numpy(h, W_h, gx[t], gh, out=out["h"][t])
-                continue
-            np.dot(h, W_h, out=gh)
-            gh += layer.b_h
-            if cell == "gru":
-                r = _sigmoid(gx[t, :H] + gh[:H])
-                z = _sigmoid(gx[t, H:2 * H] + gh[H:2 * H])
-                n = np.tanh(gx[t, 2 * H:] + r * gh[2 * H:])
-                h = n + z * (h - n)
-                out["r"][t], out["z"][t], out["n"][t] = r, z, n
-            else:
-                g = gx[t] + gh
-                i, f, o = _sigmoid(g[:H]), _sigmoid(g[H:2 * H]), _sigmoid(g[3 * H:])
-                cand = np.tanh(g[2 * H:3 * H])
-                c = f * c + i * cand
-                h = o * np.tanh(c)
-                out["c"][t], out["i"][t], out["f"][t], out["g"][t], out["o"][t] = c, i, f, cand, o
-            out["h"][t] = h
         record.append(out)
         x = out["h"]
-    return {"logits": x @ W_out + b_out, "layers": record, "cell": cell}
+    if logits is None:
+        logits = x @ W_out + b_out                                        # (T, V)
+    return {"logits": logits, "layers": record, "cell": cell}
+
+
+def layer_numpy(cell: str, gx: np.ndarray, layer) -> dict[str, np.ndarray]:
+    """One layer read step by step from zero states, given its inputs' part of every step
+    gx (T, G·H) (for an RNN, both biases in it): its states and gates (T, H) by name. The
+    reference the compiled loops are tested against."""
+    T, H = len(gx), layer.W_h.shape[0]
+    W_h = np.asfortranarray(layer.W_h)                          # GEMV's faster layout here
+    out = {n: np.empty((T, H), np.float32) for n in STATES[cell]}
+    h, c = np.zeros(H, np.float32), np.zeros(H, np.float32)
+    gh = np.empty(layer.W_h.shape[1], np.float32)                         # (G·H,)
+    for t in range(T):
+        if cell == "rnn":                                                 # in place: no allocation
+            h = rnn_step_numpy(h, W_h, gx[t], gh, out=out["h"][t])
+            continue
+        np.dot(h, W_h, out=gh)
+        gh += layer.b_h
+        if cell == "gru":
+            r = _sigmoid(gx[t, :H] + gh[:H])
+            z = _sigmoid(gx[t, H:2 * H] + gh[H:2 * H])
+            n = np.tanh(gx[t, 2 * H:] + r * gh[2 * H:])
+            h = n + z * (h - n)
+            out["r"][t], out["z"][t], out["n"][t] = r, z, n
+        else:
+            g = gx[t] + gh
+            i, f, o = _sigmoid(g[:H]), _sigmoid(g[H:2 * H]), _sigmoid(g[3 * H:])
+            cand = np.tanh(g[2 * H:3 * H])
+            c = f * c + i * cand
+            h = o * np.tanh(c)
+            out["c"][t], out["i"][t], out["f"][t], out["g"][t], out["o"][t] = c, i, f, cand, o
+        out["h"][t] = h
+    return out
 
 
 def score(traced: dict, ids: list[int], top: int = 5) -> dict:

@@ -152,7 +152,7 @@ async def list_runs(request):
 async def metrics(request):
     run = run_of(request)
     return JSON({"name": run.name, "metrics": read_metrics(run.path),
-                         "config": run.config.to_dict()})
+                 "config": run.config.to_dict()})
 
 
 async def generate(request):
@@ -175,8 +175,7 @@ async def score(request):
     run = run_of(request)
     text, tokens, ids = text_request(await read_json(request), run.run)
     result = await run_in_threadpool(lambda: lab.score(run.trace(ids), ids))
-    return JSON({"text": text, "tokens": tokens, "vocab": run.vocab.idx_to_token,
-                         **result})
+    return JSON({"text": text, "tokens": tokens, "vocab": run.vocab.idx_to_token, **result})
 
 
 async def units(request):
@@ -213,8 +212,8 @@ async def internal_error(request, exc: Exception):
     # a bug, not the caller's mistake: one line in the server's log, no traceback to the client
     print(f"rnnkit lab: internal error on {request.method} {request.url.path}: "
           f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-    return JSON({"error": f"internal error ({type(exc).__name__}); the lab keeps "
-                                  "serving"}, status_code=500)
+    return JSON({"error": f"internal error ({type(exc).__name__}); the lab keeps serving"},
+                status_code=500)
 
 
 ROUTES = [Route("/", index), Route("/api/runs", list_runs),
