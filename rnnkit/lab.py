@@ -8,8 +8,6 @@ same torch-form view the ONNX graph is written from.
 """
 from __future__ import annotations
 
-import base64
-
 import numpy as np
 
 from . import fastloop
@@ -173,16 +171,26 @@ def correlations(acts: np.ndarray, feats: np.ndarray, top: int = 10) -> dict:
 
 
 def units(traced: dict, tokens: list[str], layer: int, state: str) -> dict:
-    """Every unit's activation per character for one layer and state (or gate), as int8 in
-    base64 (row-major (T, H), value = q / 127 * scale[unit]), and the units ranked by feature."""
+    """Every unit's activation per character for one layer and state (or gate) as int8
+    ("values" (T, H), value = q / 127 * scale[unit]), and the units ranked by feature."""
     acts = traced["layers"][layer][state]                                # (T, H)
-    scale = np.maximum(np.maximum(acts.max(axis=0), -acts.min(axis=0)), 1e-12)   # (H,) max |a|
+    scale = np.maximum(max_abs(acts), 1e-12)                             # (H,)
     q = np.empty(acts.shape, np.int8)                                    # (T, H)
     for s in range(0, len(acts), BLOCK):
         block = np.divide(acts[s:s + BLOCK], scale)                      # (BLOCK, H)
         q[s:s + BLOCK] = np.rint(np.multiply(block, 127, out=block), out=block)
     return {"layer": layer, "state": state, "shape": list(acts.shape),
-            "scale": scale.round(6).tolist(),
-            "data": base64.b64encode(q.tobytes()).decode("ascii"),
+            "scale": scale.round(6).tolist(), "values": q,
             "features": list(FEATURES),
             "ranking": correlations(acts, text_features(tokens))}
+
+
+def max_abs(acts: np.ndarray) -> np.ndarray:
+    """(H,) max |acts| over the rows of (T, H), a block of rows at a time: numpy's max along
+    axis 0 of the whole array is 2x slower than the same over cache-sized blocks."""
+    hi = np.full(acts.shape[1], -np.inf, acts.dtype)
+    lo = np.full(acts.shape[1], np.inf, acts.dtype)
+    for s in range(0, len(acts), 256):
+        np.maximum(hi, acts[s:s + 256].max(axis=0), out=hi)
+        np.minimum(lo, acts[s:s + 256].min(axis=0), out=lo)
+    return np.maximum(hi, -lo)

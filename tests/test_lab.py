@@ -238,6 +238,39 @@ def test_units_are_every_units_value_after_each_character(server, runs):
     assert set(body["ranking"]) == set(lab.FEATURES)
 
 
+def test_units_in_binary_are_the_json_units(server):
+    """What the page asks for (Accept: application/octet-stream): a uint32 header length, the
+    JSON header, the int8 values — the same as the JSON answer's; errors stay JSON."""
+    body = {"text": 'He said "yes (and no)" and left.\n', "layer": 1, "state": "c"}
+    as_json = httpx.post(f"{server}/api/runs/lstm/units", json=body).json()
+    r = httpx.post(f"{server}/api/runs/lstm/units", json=body,
+                   headers={"Accept": "application/octet-stream"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
+    n = int.from_bytes(r.content[:4], "little")
+    header = json.loads(r.content[4:4 + n])
+    assert header == {k: v for k, v in as_json.items() if k != "data"}
+    T, H = header["shape"]
+    assert len(r.content) == 4 + n + T * H
+    assert r.content[4 + n:] == base64.b64decode(as_json["data"])
+    bad = httpx.post(f"{server}/api/runs/lstm/units", json={**body, "state": "z"},
+                     headers={"Accept": "application/octet-stream"})
+    assert bad.status_code == 422 and "state must be one of" in bad.json()["error"]
+
+
+def test_the_lab_traces_a_text_once_and_keeps_the_last_two(runs, monkeypatch):
+    from rnnkit.run import Run
+    from rnnkit.server import KEEP_TRACES, LabRun
+    lab_run, calls = LabRun("chapter", Run.open(runs[0])), []
+    real = lab_run.model.trace
+    monkeypatch.setattr(lab_run.model, "trace", lambda ids: calls.append(ids) or real(ids))
+    a, b, c = [1, 2, 3], [2, 3, 4], [3, 4, 5]
+    first = lab_run.trace(a)
+    assert lab_run.trace(a) is first                  # score, then units of the same text
+    lab_run.trace(b), lab_run.trace(a)                # two texts kept
+    lab_run.trace(c), lab_run.trace(a)                # a third one drops the oldest
+    assert KEEP_TRACES == 2 and calls == [a, b, c, a] and len(lab_run.traces) == 2
+
+
 def test_lstm_units_offer_layers_states_and_gates(server):
     text = 'He said "yes (and no)" and left.\n'
     for layer in (0, 1):

@@ -233,15 +233,29 @@ function renderShaded(box, tokens, colours, tooltip) {
 // ---- 3. hidden units: the text shaded by one unit ----------------------------------------------
 let unitData = null;                                // {tokens, shape, scale, values: Int8Array}
 
+async function apiUnits(body) {
+  // the units in binary: a uint32 (little-endian) header length, the JSON header, then the
+  // (T, H) int8 values; an error is JSON as for every other call
+  const response = await fetch(runPath("units"), {method: "POST", body: JSON.stringify(body),
+    headers: {"Content-Type": "application/json", "Accept": "application/octet-stream"}});
+  if (!response.ok) {
+    const data = await response.json();
+    throw Object.assign(new Error(data.error), {data, status: response.status});
+  }
+  const buffer = await response.arrayBuffer();
+  const length = new DataView(buffer).getUint32(0, true);
+  const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buffer, 4, length)));
+  return {...header, values: new Int8Array(buffer, 4 + length)};
+}
+
 async function loadUnits() {
   $("units-status").textContent = "computing…";
   try {
-    const r = await api(runPath("units"), {text: $("read-text").value, unknown: "unk",
+    unitData = await apiUnits({text: $("read-text").value, unknown: "unk",
       layer: Number($("units-layer").value), state: $("units-state").value});
-    const raw = Uint8Array.from(atob(r.data), (c) => c.charCodeAt(0));
-    unitData = {...r, values: new Int8Array(raw.buffer)};
-    $("units-status").textContent = `${r.shape[0].toLocaleString()} characters × ${r.shape[1]} units`;
-    showRanking(r.ranking);
+    const [steps, width] = unitData.shape;
+    $("units-status").textContent = `${steps.toLocaleString()} characters × ${width} units`;
+    showRanking(unitData.ranking);
     showUnit();
   } catch (e) { $("units-status").textContent = e.message; }
 }
