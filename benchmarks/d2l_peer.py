@@ -1,7 +1,8 @@
 """rnnkit against the published d2l 0.17.6 library, each in its own process, same machine,
 alternating rounds: the chapter's training epoch (B 32, T 35, H 512: the from-scratch loop and
 the concise `nn.RNN` model, timed by the book's own `train_epoch_ch8`) against rnnkit's `bptt`
-fp32 and bf16, and greedy `predict_ch8` against rnnkit's single-stream greedy decoding.
+fp32 and bf16 and `compiled` fp32, and greedy `predict_ch8` against rnnkit's single-stream
+greedy decoding.
 
     python benchmarks/d2l_peer.py [--wheel d2l-0.17.6-py3-none-any.whl] [--rounds 3]
 
@@ -100,20 +101,23 @@ import json, random, sys, time
 import torch
 from rnnkit import RNNScratch, load_corpus, sequential_batches, split_corpus, train_epoch
 from rnnkit.generate import generate_ids
+from rnnkit.perf import training_threads
 ids, vocab = load_corpus()
 train, _, _ = split_corpus(ids, 0.0, 10_000)
 median = lambda xs: sorted(xs)[len(xs) // 2]
-out = {}
-for precision in ("fp32", "bf16"):
-    model = RNNScratch(len(vocab), 512, impl="bptt", precision=precision,
+out, threads = {}, torch.get_num_threads()
+for impl, precision in (("bptt", "fp32"), ("bptt", "bf16"), ("compiled", "fp32")):
+    model = RNNScratch(len(vocab), 512, impl=impl, precision=precision,
                        generator=torch.Generator().manual_seed(0))
     opt = torch.optim.SGD(model.parameters(), lr=1)
+    torch.set_num_threads(training_threads(impl))                # as `rnnkit train` sets them
     speeds = []
     for epoch in range(1 + EPOCHS):                             # the first one warms up
         batches = sequential_batches(train, 32, 35, random.Random(epoch))
         loss, tokens, seconds = train_epoch(model, batches, opt, clip=1, carry_state=True)
         speeds.append(tokens / seconds)
-    out[f"bptt {precision}"] = median(speeds[1:])
+    torch.set_num_threads(threads)
+    out[f"{impl} {precision}"] = median(speeds[1:])
 model = RNNScratch(len(vocab), 512, generator=torch.Generator().manual_seed(0))
 prefix = vocab[list("time traveller")]
 generate_ids(model, prefix, 50)
@@ -173,6 +177,9 @@ def main() -> None:
             ("rnnkit bptt fp32", med["bptt fp32"], "tokens/s", med["bptt fp32"] / book, 1.6),
             ("  x the concise nn.RNN model", med["bptt fp32"] / concise, "x", None, 1.5),
             ("rnnkit bptt bf16", med["bptt bf16"], "tokens/s", med["bptt bf16"] / book, 3.2),
+            ("rnnkit compiled fp32", med["compiled fp32"], "tokens/s",
+             med["compiled fp32"] / book, 1.6),
+            ("  x the concise nn.RNN model", med["compiled fp32"] / concise, "x", None, 1.5),
             ("predict_ch8 (d2l 0.17.6)", med["predict_ch8"], "chars/s", 1.0, None),
             ("rnnkit greedy, one stream", med["greedy"], "chars/s",
              med["greedy"] / med["predict_ch8"], 8.0)]

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import fastloop
+
 
 class RNNRecurrence(torch.autograd.Function):
     """H_t = tanh(A_t + H_{t-1} W_hh) for t = 0..T-1, with A = X W_xh + b_h given: (T, B, H).
@@ -82,6 +84,27 @@ class RNNRecurrence(torch.autograd.Function):
         return dZ, dh0, dW, None
 
 
+class CompiledRNNRecurrence(torch.autograd.Function):
+    """`RNNRecurrence` (fp32) with each step's GEMM and tanh (forward) or tanh' (backward) in
+    one pass of fastloop.c on two threads (`--impl compiled`), and dW_hh as one GEMM there. Its
+    products sum in another order than MKL's, so it is tested against `RNNRecurrence` and the
+    book's loop within rounding, not bitwise."""
+
+    @staticmethod
+    def forward(ctx, A: torch.Tensor, h0: torch.Tensor, W_hh: torch.Tensor):
+        H = fastloop.rnn_train_forward(A, h0, fastloop.pack_panels(W_hh))    # (T, B, H)
+        ctx.save_for_backward(H, h0, W_hh)
+        return H
+
+    @staticmethod
+    def backward(ctx, dH: torch.Tensor):
+        H, h0, W_hh = ctx.saved_tensors
+        dZ, dh0 = fastloop.rnn_train_backward(dH, H, fastloop.pack_panels(W_hh.t()),
+                                              ctx.needs_input_grad[1])      # (T, B, H)
+        dW = fastloop.rnn_train_grad_w(h0, H, dZ) if ctx.needs_input_grad[2] else None
+        return dZ, dh0, dW                                   # dW = Σ_t H_{t-1}ᵀ dZ_t, (H, H)
+
+
 def lstm_forward(X: torch.Tensor, state: tuple, m) -> tuple[torch.Tensor, tuple]:
     """LSTMScratch `m` on ids X (B, T) → logits (T, B, V), (H_T, C_T), through LSTMRecurrence."""
     B, T = X.shape
@@ -107,11 +130,15 @@ def gru_forward(X: torch.Tensor, state: tuple, m) -> tuple[torch.Tensor, tuple]:
 
 
 def rnn_forward(X: torch.Tensor, h0: torch.Tensor, W_xh, W_hh, b_h, W_hq, b_q,
-                bf16: bool = False) -> tuple[torch.Tensor, tuple]:
-    """X (B, T) ids, h0 (B, H) → logits (T, B, V) and the final state (H_T,)."""
+                bf16: bool = False, compiled: bool = False) -> tuple[torch.Tensor, tuple]:
+    """X (B, T) ids, h0 (B, H) → logits (T, B, V) and the final state (H_T,). `compiled`:
+    the fp32 recurrence in fastloop.c (`CompiledRNNRecurrence`)."""
     B, T = X.shape
     A = F.embedding(X.T, W_xh) + b_h                             # (T, B, H) row lookup
-    H = RNNRecurrence.apply(A, h0, W_hh, bf16)                   # (T, B, H)
+    if compiled:
+        H = CompiledRNNRecurrence.apply(A, h0, W_hh)             # (T, B, H)
+    else:
+        H = RNNRecurrence.apply(A, h0, W_hh, bf16)               # (T, B, H)
     H2 = H.reshape(T * B, -1)                                    # (T·B, H)
     if bf16:
         O = (H2.to(torch.bfloat16) @ W_hq.to(torch.bfloat16)).float() + b_q

@@ -14,7 +14,7 @@ BOOK_PREFIX = "time traveller"      # the chapter's sample prefix
 BOOK_MAX_TOKENS = 10_000            # the chapter trains on the book's first 10,000 characters
 CHOICES = {"clean": CLEAN_MODES, "token": TOKEN_MODES,
            "cell": ("rnn", "gru", "lstm", "mingru", "minlstm", "transformer"),
-           "impl": ("bptt", "autograd", "torch"),
+           "impl": ("bptt", "autograd", "torch", "compiled"),
            "precision": ("fp32", "bf16", "fp16"), "sampling": ("sequential", "random"),
            "optimizer": ("sgd", "adam", "adamw"), "schedule": ("constant", "cosine", "plateau"),
            "end_on": ("best", "last")}
@@ -41,6 +41,7 @@ class TrainConfig:
                                    # in parallel) | transformer (nanoGPT's shape, context
                                    # --num-steps, width --hidden)
     impl: str = "bptt"             # bptt (hand-derived, fast) | autograd (the book's loop) | torch
+                                   # | compiled (bptt's RNN with its GEMMs in fastloop.c)
     hidden: int = 512              # hidden units H
     precision: str = "fp32"        # fp32 | bf16 (bptt: bf16 matmuls, fp32 state; else autocast)
                                    # | fp16 (CUDA autocast with a gradient scaler)
@@ -150,6 +151,10 @@ class TrainConfig:
             raise UsageError("--precision fp16 needs --device cuda (use bf16 on a CPU)")
         if self.precision == "fp16" and self.impl == "bptt":
             raise UsageError("--precision fp16 runs with --impl autograd or torch")
+        if self.impl == "compiled" and (self.cell != "rnn" or self.precision != "fp32"
+                                        or not self.device.startswith("cpu")):
+            raise UsageError("--impl compiled is for --cell rnn in fp32 on the CPU; use --impl "
+                             "bptt for the others")
         if self.cell != "rnn" and self.impl == "bptt" and self.precision == "bf16":
             raise UsageError("--precision bf16 with --impl bptt is for --cell rnn; use "
                               "--impl torch for bf16 gated cells")

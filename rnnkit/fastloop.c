@@ -127,7 +127,10 @@ static void add_tanh(const float *z, const float *row, int n, float *out)
 #define PROBE 32
 #define KEEP 512
 
-typedef struct {
+typedef struct Team Team;
+struct Team {
+    void (*job)(const Team *, int);      /* one panel of this step's work */
+    const void *ctx;                     /* the job's own arguments */
     const float *W;                      /* W_hh packed, (H, H) */
     int H, npanels;
     const float *in, *row;               /* this step's H_{t-1} and X_t W_xh + b_h */
@@ -136,9 +139,9 @@ typedef struct {
     int done;                            /* atomic: panels finished this step */
     int solo;                            /* atomic: 1 while the caller works alone */
     int *claim;                          /* atomic, per panel: the last step that claimed it */
-    int helped, phase, left;             /* the caller's own: see adapt() */
+    int helped, probing, phase, left;    /* the caller's own: see adapt() */
     double since, with_helper;
-} Team;
+};
 
 static inline void relax(void)
 {
@@ -156,17 +159,23 @@ static double seconds(void)
 
 static void work(Team *tm, int s, int from_last)
 {
-    float z[PANEL];
     for (int k = 0; k < tm->npanels; k++) {
         int p = from_last ? tm->npanels - 1 - k : k, expect = s - 1;
         if (!__atomic_compare_exchange_n(&tm->claim[p], &expect, s, 0, __ATOMIC_ACQ_REL,
                                          __ATOMIC_RELAXED))
             continue;                                          /* the other thread has it */
-        int c = p * PANEL, n = tm->H - c < PANEL ? tm->H - c : PANEL;
-        panel_at(tm->in, tm->W, tm->H, tm->H, c, z);           /* (n,) H_{t-1} W_hh */
-        add_tanh(z, tm->row + c, n, tm->out + c);              /* (n,) H_t */
+        tm->job(tm, p);
         __atomic_fetch_add(&tm->done, 1, __ATOMIC_RELEASE);
     }
+}
+
+/* The one-stream step's panel p: out[c, c + 128) = tanh(row + in W_hh) there. */
+static void gemv_tanh(const Team *tm, int p)
+{
+    float z[PANEL];
+    int c = p * PANEL, n = tm->H - c < PANEL ? tm->H - c : PANEL;
+    panel_at(tm->in, tm->W, tm->H, tm->H, c, z);               /* (n,) H_{t-1} W_hh */
+    add_tanh(z, tm->row + c, n, tm->out + c);                  /* (n,) H_t */
 }
 
 /* The helper spins between steps (a step is a few microseconds), but naps while the caller
@@ -192,7 +201,7 @@ static void *helper(void *arg)
 /* Before each step: at the end of a phase, time it and choose the next. */
 static void adapt(Team *tm)
 {
-    if (!tm->helped || --tm->left > 0) return;
+    if (!tm->helped || !tm->probing || --tm->left > 0) return;
     double t = seconds(), spent = t - tm->since;
     int solo = 0;
     tm->since = t;
@@ -206,27 +215,43 @@ static void adapt(Team *tm)
     __atomic_store_n(&tm->solo, solo, __ATOMIC_RELAXED);
 }
 
-/* out (H) = tanh(row + in W_hh): step s (1, 2, ...) of the team. */
-static void team_step(Team *tm, int s, const float *in, const float *row, float *out)
+/* Step s (1, 2, ...) of the team: every panel's job, on whatever ctx the caller set. */
+static void team_run(Team *tm, int s)
 {
     adapt(tm);
-    tm->in = in; tm->row = row; tm->out = out;
     __atomic_store_n(&tm->done, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&tm->step, s, __ATOMIC_RELEASE);
     work(tm, s, 0);
     while (__atomic_load_n(&tm->done, __ATOMIC_ACQUIRE) < tm->npanels) relax();
 }
 
-static int team_start(Team *tm, pthread_t *thread, const float *W_hh, int H, int threads)
+/* out (H) = tanh(row + in W_hh): step s of the one-stream team. */
+static void team_step(Team *tm, int s, const float *in, const float *row, float *out)
+{
+    tm->in = in; tm->row = row; tm->out = out;
+    team_run(tm, s);
+}
+
+/* A team for `job` over npanels panels. Probing (see adapt) is for one-stream steps of a few
+ * microseconds; a training step's GEMM is long enough that two threads always pay. */
+static int team_start_job(Team *tm, pthread_t *thread, int npanels, int threads,
+                          void (*job)(const Team *, int), const void *ctx, int probing)
 {
     memset(tm, 0, sizeof *tm);
-    tm->W = W_hh; tm->H = H; tm->npanels = (H + PANEL - 1) / PANEL;
+    tm->job = job; tm->ctx = ctx; tm->npanels = npanels; tm->probing = probing;
     tm->left = PROBE, tm->since = seconds();
     tm->claim = calloc((size_t)tm->npanels, sizeof(int));
     if (!tm->claim) return -1;
     if (threads > 1 && tm->npanels > 1 && pthread_create(thread, NULL, helper, tm) == 0)
         tm->helped = 1;
     return tm->helped;
+}
+
+static int team_start(Team *tm, pthread_t *thread, const float *W_hh, int H, int threads)
+{
+    int got = team_start_job(tm, thread, (H + PANEL - 1) / PANEL, threads, gemv_tanh, NULL, 1);
+    tm->W = W_hh; tm->H = H;
+    return got;
 }
 
 static void team_stop(Team *tm, pthread_t thread)
@@ -417,5 +442,201 @@ int kn_rows(int R, int L, const int64_t *history, int64_t V, int n_tables,
         double uniform = scale / (double)V;
         for (int64_t v = 0; v < V; v++) pr[v] += uniform;
     }
+    return 0;
+}
+
+/* ---- Training the chapter's RNN (`--impl compiled`): each step's (B, H) x (H, H) GEMM and
+ * its pointwise part in one pass, on the team. `bptt.RNNRecurrence` is the reference; this is
+ * its arithmetic with the products summed in another order (and tanh16), so it is held to it
+ * within float rounding, not bitwise. Matrices come packed in panels of 32 columns
+ * (`fastloop.pack_panels`): 8 rows x 32 columns of accumulators fill 16 vector registers,
+ * and each weight vector loaded serves 8 rows. */
+#define TP 32
+
+typedef struct {
+    int mode;               /* FORWARD, BACKWARD or PLAIN (below) */
+    int B, K, N;            /* out (B, N) = x (B, K) W (K, N), then the mode's pointwise part */
+    const float *x, *W;     /* W packed in TP-column panels */
+    const float *add, *y;   /* (B, N) each */
+    float *out;             /* (B, N) */
+} Gemm;
+
+enum { FORWARD, BACKWARD, PLAIN };  /* tanh(xW + add); (xW + add)(1 - y^2); xW */
+
+static inline __attribute__((always_inline)) void
+rows_panel(const float *x, int K, const float *w, int R, v16 acc[8][2])
+{
+    for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = splat(0.0f);
+    for (int k = 0; k < K; k++) {
+        v16 w0 = *(const v16u *)(w + (int64_t)k * TP);
+        v16 w1 = *(const v16u *)(w + (int64_t)k * TP + LANES);
+        for (int r = 0; r < R; r++) {
+            float a = x[(int64_t)r * K + k];
+            acc[r][0] += w0 * a;
+            acc[r][1] += w1 * a;
+        }
+    }
+}
+
+/* Panel p of a Gemm job: its 32 columns for every row, 8 rows at a time. */
+static void gemm_panel(const Team *tm, int p)
+{
+    const Gemm *g = tm->ctx;
+    const float *w = g->W + (int64_t)p * g->K * TP;
+    v16 acc[8][2];
+    for (int r0 = 0; r0 < g->B; r0 += 8) {
+        const float *x = g->x + (int64_t)r0 * g->K;
+        int R = g->B - r0 < 8 ? g->B - r0 : 8;
+        switch (R) {                 /* a constant count, so each case keeps acc in registers */
+        case 8: rows_panel(x, g->K, w, 8, acc); break;
+        case 7: rows_panel(x, g->K, w, 7, acc); break;
+        case 6: rows_panel(x, g->K, w, 6, acc); break;
+        case 5: rows_panel(x, g->K, w, 5, acc); break;
+        case 4: rows_panel(x, g->K, w, 4, acc); break;
+        case 3: rows_panel(x, g->K, w, 3, acc); break;
+        case 2: rows_panel(x, g->K, w, 2, acc); break;
+        default: rows_panel(x, g->K, w, 1, acc); break;
+        }
+        for (int r = 0; r < R; r++) {
+            for (int j = 0; j < 2; j++) {
+                int c = p * TP + j * LANES, n = g->N - c;
+                if (n <= 0) break;
+                int64_t at = (int64_t)(r0 + r) * g->N + c;
+                v16 v = acc[r][j];
+                if (g->mode == FORWARD) {
+                    v = tanh16(v + load_n(g->add + at, n));
+                } else if (g->mode == BACKWARD) {
+                    v16 h = load_n(g->y + at, n);
+                    v = (v + load_n(g->add + at, n)) * (1.0f - h * h);
+                }
+                store_n(g->out + at, v, n);
+            }
+        }
+    }
+}
+
+/* Hs[t] (B, H) = tanh(A[t] + Hs[t-1] W_hh) for t < T, Hs[-1] = h0; Wp = W_hh packed.
+ * Returns 0, or -1 out of memory. */
+int rnn_train_forward(int T, int B, int H, const float *A, const float *h0, const float *Wp,
+                      float *Hs, int threads)
+{
+    Team tm; pthread_t thread;
+    Gemm g = {FORWARD, B, H, H, NULL, Wp, NULL, NULL, NULL};
+    const int64_t BH = (int64_t)B * H;
+    if (team_start_job(&tm, &thread, (H + TP - 1) / TP, threads, gemm_panel, &g, 0) < 0)
+        return -1;
+    for (int t = 0; t < T; t++) {
+        g.x = t ? Hs + (t - 1) * BH : h0;                      /* (B, H) H_{t-1} */
+        g.add = A + t * BH;                                    /* (B, H) X_t W_xh + b_h */
+        g.out = Hs + t * BH;                                   /* (B, H) H_t */
+        team_run(&tm, t + 1);
+    }
+    team_stop(&tm, thread);
+    return 0;
+}
+
+/* The reverse recurrence: dZ[t] = (dH[t] + dZ[t+1] W_hh^T) (1 - Hs[t]^2), dZ[T] = 0, where
+ * dH (T, B, H) is the loss's gradient through each step's own output; WTp = W_hh^T packed.
+ * With dh0 also dh0 (B, H) = dZ[0] W_hh^T. Returns 0, or -1 out of memory. */
+int rnn_train_backward(int T, int B, int H, const float *dH, const float *Hs, const float *WTp,
+                       float *dZ, float *dh0, int threads)
+{
+    Team tm; pthread_t thread;
+    Gemm g = {BACKWARD, B, H, H, NULL, WTp, NULL, NULL, NULL};
+    const int64_t BH = (int64_t)B * H, last = (int64_t)(T - 1) * BH;
+    for (int64_t i = 0; i < BH; i++)                           /* (B, H) dZ[T-1] */
+        dZ[last + i] = dH[last + i] * (1.0f - Hs[last + i] * Hs[last + i]);
+    if (team_start_job(&tm, &thread, (H + TP - 1) / TP, threads, gemm_panel, &g, 0) < 0)
+        return -1;
+    for (int t = T - 2; t >= 0; t--) {
+        g.x = dZ + (t + 1) * BH;                               /* (B, H) dZ[t+1] */
+        g.add = dH + t * BH; g.y = Hs + t * BH;                /* (B, H) each */
+        g.out = dZ + t * BH;                                   /* (B, H) dZ[t] */
+        team_run(&tm, T - 1 - t);
+    }
+    if (dh0) {
+        g.mode = PLAIN; g.x = dZ; g.out = dh0;
+        team_run(&tm, T);
+    }
+    team_stop(&tm, thread);
+    return 0;
+}
+
+/* acc[r] += sum over k of x[k, r] w[k] (R of x's columns, K of its rows, ldx apart). */
+static inline __attribute__((always_inline)) void
+cols_panel(const float *x, int64_t ldx, int K, const float *w, int R, v16 acc[8][2])
+{
+    for (int k = 0; k < K; k++) {
+        v16 w0 = *(const v16u *)(w + (int64_t)k * TP);
+        v16 w1 = *(const v16u *)(w + (int64_t)k * TP + LANES);
+        const float *xk = x + k * ldx;
+        for (int r = 0; r < R; r++) {
+            acc[r][0] += w0 * xk[r];
+            acc[r][1] += w1 * xk[r];
+        }
+    }
+}
+
+typedef struct {
+    int B, H, T;
+    const float *h0, *Hs, *dZ;   /* (B, H), (T, B, H), (T, B, H) */
+    float *panels, *dW;          /* scratch (T B) x 32 per panel; out (H, H) */
+} GradW;
+
+/* Rows [r0, r0 + R) of dW = [h0; Hs[0..T-2]]^T dZ, for panel p's 32 columns (packed in w). */
+static inline __attribute__((always_inline)) void
+grad_w_rows(const GradW *g, int r0, const float *w, int R, v16 acc[8][2])
+{
+    for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = splat(0.0f);
+    cols_panel(g->h0 + r0, g->H, g->B, w, R, acc);                          /* t = 0 */
+    cols_panel(g->Hs + r0, g->H, (g->T - 1) * g->B, w + (int64_t)g->B * TP, R, acc);
+}
+
+/* Panel p of dW: pack dZ's 32 columns, then every row of dW there. */
+static void grad_w_panel(const Team *tm, int p)
+{
+    const GradW *g = tm->ctx;
+    const int K = g->T * g->B, c0 = p * TP, n = g->H - c0 < TP ? g->H - c0 : TP;
+    float *w = g->panels + (int64_t)p * K * TP;
+    for (int k = 0; k < K; k++) {                               /* (K, 32) dZ's columns */
+        memcpy(w + (int64_t)k * TP, g->dZ + (int64_t)k * g->H + c0, sizeof(float) * n);
+        memset(w + (int64_t)k * TP + n, 0, sizeof(float) * (TP - n));
+    }
+    v16 acc[8][2];
+    for (int r0 = 0; r0 < g->H; r0 += 8) {
+        int R = g->H - r0 < 8 ? g->H - r0 : 8;
+        switch (R) {
+        case 8: grad_w_rows(g, r0, w, 8, acc); break;
+        case 7: grad_w_rows(g, r0, w, 7, acc); break;
+        case 6: grad_w_rows(g, r0, w, 6, acc); break;
+        case 5: grad_w_rows(g, r0, w, 5, acc); break;
+        case 4: grad_w_rows(g, r0, w, 4, acc); break;
+        case 3: grad_w_rows(g, r0, w, 3, acc); break;
+        case 2: grad_w_rows(g, r0, w, 2, acc); break;
+        default: grad_w_rows(g, r0, w, 1, acc); break;
+        }
+        for (int r = 0; r < R; r++)
+            for (int j = 0; j < 2 && j * LANES < n; j++)
+                store_n(g->dW + (int64_t)(r0 + r) * g->H + c0 + j * LANES, acc[r][j],
+                        n - j * LANES);
+    }
+}
+
+/* dW (H, H) = sum over t of H_{t-1}^T dZ[t], H_{-1} = h0: the gradient of W_hh as one GEMM
+ * over all T B rows. Returns 0, or -1 out of memory. */
+int rnn_train_grad_w(int T, int B, int H, const float *h0, const float *Hs, const float *dZ,
+                     float *dW, int threads)
+{
+    Team tm; pthread_t thread;
+    const int P = (H + TP - 1) / TP;
+    GradW g = {B, H, T, h0, Hs, dZ, malloc(sizeof(float) * (size_t)P * T * B * TP), dW};
+    if (!g.panels) return -1;
+    if (team_start_job(&tm, &thread, P, threads, grad_w_panel, &g, 0) < 0) {
+        free(g.panels);
+        return -1;
+    }
+    team_run(&tm, 1);
+    team_stop(&tm, thread);
+    free(g.panels);
     return 0;
 }

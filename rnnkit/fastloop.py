@@ -21,6 +21,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .encode import cache_dir
 
@@ -28,6 +29,7 @@ SOURCE = Path(__file__).with_name("fastloop.c")
 BUILDS = (["-O3", "-march=native"], ["-O3"])     # for this CPU's vector units, else any CPU's
 LINK = ["-shared", "-fPIC", "-pthread"]
 LANES, PANEL = 16, 128            # fastloop.c's vector width and panel width, in floats
+TRAIN_PANEL = 32                  # and the panel width of its training GEMMs (TP)
 _lib: ctypes.CDLL | None = None
 _flags: list[str] = []
 _why_not: str | None = None
@@ -102,6 +104,11 @@ def _load() -> None:
     lib.gated_trace.argtypes = [i, i, i, ptr, ptr, ptr, ptr, ptr]
     lib.rnn_trace.restype = lib.rnn_greedy.restype = lib.kn_rows.restype = i
     lib.gated_trace.restype = i
+    lib.rnn_train_forward.argtypes = [i, i, i, ptr, ptr, ptr, ptr, i]
+    lib.rnn_train_backward.argtypes = [i, i, i, ptr, ptr, ptr, ptr, ptr, i]
+    lib.rnn_train_grad_w.argtypes = [i, i, i, ptr, ptr, ptr, ptr, i]
+    lib.rnn_train_forward.restype = lib.rnn_train_backward.restype = i
+    lib.rnn_train_grad_w.restype = i
     _lib, _flags[:] = lib, flags
 
 
@@ -259,3 +266,51 @@ class CountLookup:
         _check(library().kn_rows(R, L, _address(history), self.V, self.order + 1, *self.tables,
                                  _address(p), _address(top)))
         return p, top
+
+
+def pack_panels(W: torch.Tensor) -> torch.Tensor:
+    """(K, N) → the training GEMMs' layout: panels of 32 columns (the last padded with zeros),
+    each K contiguous rows of 32: (⌈N/32⌉, K, 32)."""
+    K, N = W.shape
+    P = -(-N // TRAIN_PANEL)
+    padded = torch.zeros(K, P * TRAIN_PANEL, dtype=torch.float32)
+    padded[:, :N] = W.detach()
+    return padded.reshape(K, P, TRAIN_PANEL).transpose(0, 1).contiguous()
+
+
+def _ptr(t: torch.Tensor) -> int:
+    assert t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu"
+    return t.data_ptr()
+
+
+def rnn_train_forward(A: torch.Tensor, h0: torch.Tensor, W_packed: torch.Tensor) -> torch.Tensor:
+    """Hs (T, B, H): Hs[t] = tanh(A[t] + Hs[t-1] W_hh), Hs[-1] = h0 (B, H); A (T, B, H) is
+    X_t W_xh + b_h; W_packed = pack_panels(W_hh). `bptt.RNNRecurrence.forward`'s arithmetic."""
+    T, B, H = A.shape
+    A, h0 = A.contiguous(), h0.contiguous()
+    Hs = torch.empty(T, B, H)
+    _check(library().rnn_train_forward(T, B, H, _ptr(A), _ptr(h0), _ptr(W_packed), _ptr(Hs),
+                                       threads()))
+    return Hs
+
+
+def rnn_train_backward(dH: torch.Tensor, Hs: torch.Tensor, WT_packed: torch.Tensor,
+                       want_dh0: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """dZ (T, B, H), the loss's gradient at each step's pre-activation, from dH (T, B, H) (each
+    step's own output's) and Hs; and dh0 (B, H) if asked. WT_packed = pack_panels(W_hhᵀ)."""
+    T, B, H = Hs.shape
+    dH = dH.contiguous()
+    dZ = torch.empty(T, B, H)
+    dh0 = torch.empty(B, H) if want_dh0 else None
+    _check(library().rnn_train_backward(T, B, H, _ptr(dH), _ptr(Hs), _ptr(WT_packed), _ptr(dZ),
+                                        _ptr(dh0) if want_dh0 else None, threads()))
+    return dZ, dh0
+
+
+def rnn_train_grad_w(h0: torch.Tensor, Hs: torch.Tensor, dZ: torch.Tensor) -> torch.Tensor:
+    """dW_hh (H, H) = Σ_t H_{t-1}ᵀ dZ[t] with H_{-1} = h0 (B, H); Hs, dZ (T, B, H)."""
+    T, B, H = Hs.shape
+    h0, dW = h0.contiguous(), torch.empty(H, H)
+    _check(library().rnn_train_grad_w(T, B, H, _ptr(h0), _ptr(Hs), _ptr(dZ), _ptr(dW),
+                                      threads()))
+    return dW

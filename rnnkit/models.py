@@ -15,16 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import bptt
+from . import bptt, fastloop
 from .config import MODERN_CELLS
 from .errors import UsageError
 
 MAX_PARAMETERS = 1 << 30     # 4 GiB of fp32 weights (16 GiB with Adam): far beyond a char model
 
 
-def _impl(impl: str) -> str:
-    if impl not in ("autograd", "bptt"):
-        raise ValueError(f"a scratch model's impl is 'autograd' or 'bptt', not {impl!r}")
+def _impl(impl: str, allowed: tuple[str, ...] = ("autograd", "bptt")) -> str:
+    if impl not in allowed:
+        raise ValueError(f"a scratch model's impl is one of {allowed}, not {impl!r}")
     return impl
 
 
@@ -100,14 +100,15 @@ class RNNScratch(LanguageModel):
     """H_t = tanh(X_t W_xh + H_{t-1} W_hh + b_h),  O_t = H_t W_hq + b_q  (X_t one-hot).
 
     `impl='autograd'` runs the book's loop step by step (the reference); `impl='bptt'` runs the
-    hand-derived backpropagation through time of `bptt.py`, tested against it.
+    hand-derived backpropagation through time of `bptt.py`, tested against it; `impl='compiled'`
+    the same with each step's GEMM in fastloop.c (fp32; bptt's where it cannot be built).
     """
 
     def __init__(self, vocab_size: int, num_hiddens: int, *, impl: str = "autograd",
                  precision: str = "fp32", generator: torch.Generator | None = None):
         super().__init__()
         self.vocab_size, self.num_hiddens = vocab_size, num_hiddens
-        self.impl, self.precision = _impl(impl), precision
+        self.impl, self.precision = _impl(impl, ("autograd", "bptt", "compiled")), precision
         V, H = vocab_size, num_hiddens
         self.W_xh = _normal((V, H), generator)
         self.W_hh = _normal((H, H), generator)
@@ -119,9 +120,11 @@ class RNNScratch(LanguageModel):
         return (torch.zeros(batch_size, self.num_hiddens, device=device or self.W_hh.device),)
 
     def forward(self, X: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
-        if self.impl == "bptt":
+        if self.impl in ("bptt", "compiled"):
+            compiled = self.impl == "compiled" and X.device.type == "cpu" and \
+                fastloop.library() is not None
             return bptt.rnn_forward(X, state[0], self.W_xh, self.W_hh, self.b_h, self.W_hq,
-                                    self.b_q, bf16=self.precision == "bf16")
+                                    self.b_q, bf16=self.precision == "bf16", compiled=compiled)
         inputs = F.one_hot(X.T, self.vocab_size).to(self.W_xh.dtype)  # (T, B, V)
         H, = state                                                       # (B, H)
         outputs = []
@@ -313,7 +316,7 @@ def build_model(vocab_size: int, config) -> LanguageModel:
     if config.cell == "lstm":
         return LSTMScratch(vocab_size, config.hidden, impl=config.impl, generator=generator)
     # bptt runs its own bf16 matmuls; the other paths get precision from autocast (train.py)
-    precision = config.precision if config.impl == "bptt" else "fp32"
+    precision = config.precision if config.impl in ("bptt", "compiled") else "fp32"
     return RNNScratch(vocab_size, config.hidden, impl=config.impl, precision=precision,
                       generator=generator)
 

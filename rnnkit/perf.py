@@ -36,3 +36,12 @@ def threads_for(rows: int) -> int:
     one thread is the choice that cannot collapse."""
     import torch
     return 1 if rows <= SMALL_ROWS else torch.get_num_threads()
+
+
+def training_threads(impl: str) -> int:
+    """Torch threads for training: all, except under `--impl compiled`, whose GEMMs run on
+    fastloop.c's own two threads: torch's OpenMP workers spin-wait after each of its ops and
+    take the core those need (a chapter batch 16.4 ms with two torch threads, 12.8 with one,
+    10.9 with OMP_WAIT_POLICY=PASSIVE, measured)."""
+    import torch
+    return 1 if impl == "compiled" else torch.get_num_threads()

@@ -45,7 +45,8 @@ def add_parsers(sub) -> None:
     opt(g, "--cell", help="the recurrent cell; mingru/minlstm train in parallel over time; "
                           "transformer: nanoGPT's shape, its context --num-steps")
     opt(g, "--impl", help="bptt: hand-derived backward; autograd: the book's loop; torch: "
-                          "nn.RNN/GRU/LSTM (picked for you when the flags need it)")
+                          "nn.RNN/GRU/LSTM (picked for you when the flags need it); compiled: "
+                          "bptt with its GEMMs in C (--cell rnn, fp32)")
     opt(g, "--hidden", int, "hidden units, e.g. 512 (transformer: its width)")
     opt(g, "--precision", help="fp16: CUDA, with a gradient scaler")
     opt(g, "--layers", int, "stacked layers (--impl torch)")

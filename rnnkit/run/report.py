@@ -11,6 +11,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
+from .. import fastloop
 from ..config import STDIN
 from ..encode import count_characters
 from .setup import Training
@@ -153,7 +154,9 @@ def describe(run: Training, seconds_per_epoch: float) -> list[str]:
     kind = {"rnn": "RNN", "gru": "GRU", "lstm": "LSTM", "mingru": "minGRU",
             "minlstm": "minLSTM", "transformer": "transformer"}[c.cell]
     impl = {"bptt": "from scratch, hand-derived BPTT", "autograd": "from scratch, autograd",
-            "torch": f"torch.nn.{kind}"}[c.impl]
+            "torch": f"torch.nn.{kind}",
+            "compiled": "from scratch, hand-derived BPTT, its GEMMs " + (
+                "compiled" if fastloop.library() else f"in torch ({fastloop.status()})")}[c.impl]
     if c.cell in ("mingru", "minlstm"):
         impl = "residual blocks, trained in parallel over each window"
     elif c.cell == "transformer":

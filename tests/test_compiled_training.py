@@ -1,0 +1,104 @@
+"""`--impl compiled`: the chapter's RNN trained with each step's GEMM in fastloop.c, held to the
+hand-derived BPTT (`bptt.RNNRecurrence`) and the book's autograd loop."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from rnnkit import fastloop, perf
+from rnnkit.bptt import CompiledRNNRecurrence, RNNRecurrence
+from rnnkit.cli import main
+from rnnkit.models import RNNScratch
+
+needs_compiler = pytest.mark.skipif(fastloop.library() is None, reason=fastloop.status())
+
+
+def _run(impl, X, Y, h0, H, w_scale=5):
+    m = RNNScratch(28, H, impl=impl, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():                      # larger weights so tanh is not linear
+        m.W_hh.mul_(w_scale)
+        m.W_xh.mul_(50)
+    h = h0.clone().requires_grad_(True)
+    out, (hT,) = m(X, (h,))
+    loss = F.cross_entropy(out.reshape(-1, 28), Y.T.reshape(-1)) + hT.square().mean()
+    loss.backward()
+    return out, {n: p.grad for n, p in m.named_parameters()} | {"h0": h.grad}
+
+
+@needs_compiler
+@pytest.mark.parametrize("B,T,H", [(8, 20, 96), (5, 7, 40), (13, 1, 100), (32, 35, 512)])
+def test_compiled_gradients_equal_the_hand_derived_and_the_books(B, T, H):
+    """Row blocks of 8 and panels of 32 with their tails (B 5, 13; H 40, 100), one step."""
+    torch.manual_seed(0)
+    X, Y = torch.randint(0, 28, (B, T)), torch.randint(0, 28, (B, T))
+    h0 = torch.randn(B, H) * 0.5
+    out_book, book = _run("autograd", X, Y, h0, H)
+    out_bptt, bptt = _run("bptt", X, Y, h0, H)
+    out, ours = _run("compiled", X, Y, h0, H)
+    assert torch.allclose(out, out_bptt, atol=1e-5) and torch.allclose(out, out_book, atol=1e-5)
+    for name in book:
+        for ref in (book, bptt):
+            err = (ours[name] - ref[name]).norm() / ref[name].norm()
+            assert err < 2e-5, (name, err.item())
+
+
+@needs_compiler
+def test_one_thread_and_two_give_the_same_bits(monkeypatch):
+    torch.manual_seed(1)
+    A, h0 = torch.randn(9, 11, 72), torch.randn(11, 72)
+    W = (torch.randn(72, 72) * 0.2).requires_grad_(True)
+    results = []
+    for threads in ("1", "2"):
+        monkeypatch.setenv("RNNKIT_FASTLOOP_THREADS", threads)
+        a, h = A.clone().requires_grad_(True), h0.clone().requires_grad_(True)
+        Hs = CompiledRNNRecurrence.apply(a, h, W)
+        Hs.pow(3).sum().backward()
+        results.append([Hs.detach(), a.grad, h.grad, W.grad.clone()])
+        W.grad = None
+    assert all(torch.equal(x, y) for x, y in zip(*results))
+    ref = RNNRecurrence.apply(A, h0, W.detach(), False)
+    assert torch.allclose(results[0][0], ref, atol=1e-5)
+
+
+@needs_compiler
+def test_a_compiled_run_trains_like_the_bptt_run_and_says_which_it_is(tmp_path, capsys):
+    args = ["--epochs", "3", "--max-tokens", "3000", "--hidden", "64", "--batch-size", "8"]
+    main(["train", *args, "--out", str(tmp_path / "bptt")])
+    main(["train", *args, "--impl", "compiled", "--out", str(tmp_path / "compiled")])
+    out = capsys.readouterr().out
+    assert "RNN (from scratch, hand-derived BPTT, its GEMMs compiled)" in out
+    ppl = {}
+    for name in ("bptt", "compiled"):
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        ppl[name] = [json.loads(line)["train_ppl"] for line in lines]
+    assert ppl["compiled"] == pytest.approx(ppl["bptt"], rel=1e-4)
+    assert ppl["compiled"][-1] < ppl["compiled"][0]
+    assert torch.get_num_threads() == perf.training_threads("bptt")      # given back
+
+
+def test_without_a_compiler_a_compiled_run_is_the_bptt_run_and_says_so(tmp_path):
+    code = ("from rnnkit.cli import main\nimport sys\n"
+            "main(['train', '--epochs', '2', '--max-tokens', '2000', '--hidden', '32', "
+            "'--batch-size', '4', '--impl', sys.argv[1], '--out', sys.argv[2]])")
+    weights = []
+    for impl in ("bptt", "compiled"):
+        out = subprocess.run([sys.executable, "-c", code, impl, str(tmp_path / impl)],
+                             capture_output=True, text=True, check=True,
+                             env={**os.environ, "RNNKIT_FASTLOOP": "0",
+                                  "RNNKIT_CACHE": str(tmp_path / "cache")})
+        weights.append(load_file(tmp_path / impl / "model.safetensors"))
+    assert "its GEMMs in torch (numpy loop: RNNKIT_FASTLOOP=0)" in out.stdout
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # bptt's bits
+
+
+@pytest.mark.parametrize("flags", [["--cell", "gru"], ["--precision", "bf16"]])
+def test_compiled_is_for_the_fp32_rnn_and_says_so(flags, tmp_path, capsys):
+    assert main(["train", "--impl", "compiled", *flags, "--epochs", "1",
+                 "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--impl compiled is for --cell rnn in fp32 on the CPU" in err
