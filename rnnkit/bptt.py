@@ -84,25 +84,39 @@ class RNNRecurrence(torch.autograd.Function):
         return dZ, dh0, dW, None
 
 
-class CompiledRNNRecurrence(torch.autograd.Function):
-    """`RNNRecurrence` (fp32) with each step's GEMM and tanh (forward) or tanh' (backward) in
-    one pass of fastloop.c on two threads (`--impl compiled`), and dW_hh as one GEMM there. Its
-    products sum in another order than MKL's, so it is tested against `RNNRecurrence` and the
-    book's loop within rounding, not bitwise."""
+class CompiledRNN(torch.autograd.Function):
+    """The chapter's whole RNN — X_t W_xh as rows of W_xh, the recurrence, the output layer — and
+    its hand-derived gradient (`RNNRecurrence`'s, with the output layer's and the input rows'),
+    every product in fastloop.c on two threads (`--impl compiled`). Its sums run in another
+    order than MKL's, so it is tested against `rnn_forward` and the book's loop within
+    rounding, not bitwise. X (B, T) ids, h0 (B, H) → logits (T, B, V), H_T (B, H)."""
 
     @staticmethod
-    def forward(ctx, A: torch.Tensor, h0: torch.Tensor, W_hh: torch.Tensor):
-        H = fastloop.rnn_train_forward(A, h0, fastloop.pack_panels(W_hh))    # (T, B, H)
-        ctx.save_for_backward(H, h0, W_hh)
-        return H
+    def forward(ctx, X, h0, W_xh, W_hh, b_h, W_hq, b_q):
+        ids = X.T.contiguous()                                            # (T, B)
+        Hs = fastloop.rnn_train_forward(ids, W_xh + b_h, h0,
+                                        fastloop.pack_panels(W_hh))       # (T, B, H)
+        T, B, n = Hs.shape
+        V = W_hq.shape[1]
+        O = fastloop.gemm_rows(Hs.reshape(T * B, n), fastloop.pack_panels(W_hq), V, b_q)
+        ctx.save_for_backward(ids, h0, Hs, W_hh, W_hq)
+        return O.reshape(T, B, V), Hs[-1].clone()
 
     @staticmethod
-    def backward(ctx, dH: torch.Tensor):
-        H, h0, W_hh = ctx.saved_tensors
-        dZ, dh0 = fastloop.rnn_train_backward(dH, H, fastloop.pack_panels(W_hh.t()),
-                                              ctx.needs_input_grad[1])      # (T, B, H)
-        dW = fastloop.rnn_train_grad_w(h0, H, dZ) if ctx.needs_input_grad[2] else None
-        return dZ, dh0, dW                                   # dW = Σ_t H_{t-1}ᵀ dZ_t, (H, H)
+    def backward(ctx, dO: torch.Tensor, dH_T: torch.Tensor | None):
+        ids, h0, Hs, W_hh, W_hq = ctx.saved_tensors
+        T, B, n = Hs.shape
+        dO = dO.reshape(T * B, -1).contiguous()                           # (T·B, V)
+        dH = fastloop.gemm_rows(dO, fastloop.pack_panels(W_hq.t()), n).reshape(T, B, n)
+        if dH_T is not None:
+            dH[-1] += dH_T                                                # the carried state's
+        dZ, dh0 = fastloop.rnn_train_backward(dH, Hs, fastloop.pack_panels(W_hh.t()),
+                                              ctx.needs_input_grad[1])    # (T, B, H)
+        flat = dZ.reshape(T * B, n)                                       # (T·B, H)
+        dW_xh = torch.zeros(W_hq.shape[1], n).index_add_(0, ids.reshape(-1), flat)   # (V, H)
+        dW_hh = fastloop.gemm_xty(h0, flat, Hs[:-1].reshape(-1, n))       # Σ H_{t-1}ᵀ dZ_t
+        dW_hq = fastloop.gemm_xty(Hs.reshape(-1, n), dO)                  # Σ H_tᵀ dO_t
+        return None, dh0, dW_xh, dW_hh, flat.sum(0), dW_hq, dO.sum(0)
 
 
 def lstm_forward(X: torch.Tensor, state: tuple, m) -> tuple[torch.Tensor, tuple]:
@@ -132,13 +146,13 @@ def gru_forward(X: torch.Tensor, state: tuple, m) -> tuple[torch.Tensor, tuple]:
 def rnn_forward(X: torch.Tensor, h0: torch.Tensor, W_xh, W_hh, b_h, W_hq, b_q,
                 bf16: bool = False, compiled: bool = False) -> tuple[torch.Tensor, tuple]:
     """X (B, T) ids, h0 (B, H) → logits (T, B, V) and the final state (H_T,). `compiled`:
-    the fp32 recurrence in fastloop.c (`CompiledRNNRecurrence`)."""
+    the fp32 model in fastloop.c (`CompiledRNN`)."""
+    if compiled:
+        O, H_T = CompiledRNN.apply(X, h0, W_xh, W_hh, b_h, W_hq, b_q)
+        return O, (H_T,)
     B, T = X.shape
     A = F.embedding(X.T, W_xh) + b_h                             # (T, B, H) row lookup
-    if compiled:
-        H = CompiledRNNRecurrence.apply(A, h0, W_hh)             # (T, B, H)
-    else:
-        H = RNNRecurrence.apply(A, h0, W_hh, bf16)               # (T, B, H)
+    H = RNNRecurrence.apply(A, h0, W_hh, bf16)                   # (T, B, H)
     H2 = H.reshape(T * B, -1)                                    # (T·B, H)
     if bf16:
         O = (H2.to(torch.bfloat16) @ W_hq.to(torch.bfloat16)).float() + b_q

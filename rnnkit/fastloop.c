@@ -445,23 +445,27 @@ int kn_rows(int R, int L, const int64_t *history, int64_t V, int n_tables,
     return 0;
 }
 
-/* ---- Training the chapter's RNN (`--impl compiled`): each step's (B, H) x (H, H) GEMM and
- * its pointwise part in one pass, on the team. `bptt.RNNRecurrence` is the reference; this is
- * its arithmetic with the products summed in another order (and tanh16), so it is held to it
- * within float rounding, not bitwise. Matrices come packed in panels of 32 columns
- * (`fastloop.pack_panels`): 8 rows x 32 columns of accumulators fill 16 vector registers,
- * and each weight vector loaded serves 8 rows. */
+/* ---- Training the chapter's RNN (`--impl compiled`): every product of a training step in
+ * one of two kernels — rows x panel (out = x W) and columns x panel (out = x^T Y) — with the
+ * step's pointwise part folded into the first, run by the team. `bptt.RNNRecurrence` and the
+ * book's loop are the references; the products sum in another order than MKL's (and tanh is
+ * tanh16), so this is held to them within float rounding, not bitwise. Matrices come packed
+ * in panels of 32 columns (`fastloop.pack_panels`): 8 rows x 32 columns of accumulators fill
+ * 16 vector registers, and each weight vector loaded serves 8 rows. */
 #define TP 32
+#define CHUNK 64                     /* rows a job takes at a time when it splits by rows */
+
+enum { FORWARD, BACKWARD, PLAIN };   /* tanh(xW + rows[id]); (xW + add)(1 - y^2); xW + bias */
 
 typedef struct {
-    int mode;               /* FORWARD, BACKWARD or PLAIN (below) */
-    int B, K, N;            /* out (B, N) = x (B, K) W (K, N), then the mode's pointwise part */
-    const float *x, *W;     /* W packed in TP-column panels */
-    const float *add, *y;   /* (B, N) each */
-    float *out;             /* (B, N) */
+    int mode, M, K, N;               /* out (M, N) = x (M, K) W (K, N), then the mode's part */
+    const float *x, *W;              /* W packed in TP-column panels */
+    const int64_t *ids;              /* FORWARD: row r adds rows[ids[r]] (V, N) */
+    const float *rows;
+    const float *add, *y;            /* BACKWARD: (M, N) each */
+    const float *bias;               /* PLAIN: (N,) or NULL */
+    float *out;                      /* (M, N) */
 } Gemm;
-
-enum { FORWARD, BACKWARD, PLAIN };  /* tanh(xW + add); (xW + add)(1 - y^2); xW */
 
 static inline __attribute__((always_inline)) void
 rows_panel(const float *x, int K, const float *w, int R, v16 acc[8][2])
@@ -478,15 +482,14 @@ rows_panel(const float *x, int K, const float *w, int R, v16 acc[8][2])
     }
 }
 
-/* Panel p of a Gemm job: its 32 columns for every row, 8 rows at a time. */
-static void gemm_panel(const Team *tm, int p)
+/* Rows [r0, r1) of a Gemm, panel p's 32 columns, 8 rows at a time. */
+static void gemm_tile(const Gemm *g, int p, int r0, int r1)
 {
-    const Gemm *g = tm->ctx;
     const float *w = g->W + (int64_t)p * g->K * TP;
     v16 acc[8][2];
-    for (int r0 = 0; r0 < g->B; r0 += 8) {
-        const float *x = g->x + (int64_t)r0 * g->K;
-        int R = g->B - r0 < 8 ? g->B - r0 : 8;
+    for (int b = r0; b < r1; b += 8) {
+        const float *x = g->x + (int64_t)b * g->K;
+        int R = r1 - b < 8 ? r1 - b : 8;
         switch (R) {                 /* a constant count, so each case keeps acc in registers */
         case 8: rows_panel(x, g->K, w, 8, acc); break;
         case 7: rows_panel(x, g->K, w, 7, acc); break;
@@ -501,13 +504,15 @@ static void gemm_panel(const Team *tm, int p)
             for (int j = 0; j < 2; j++) {
                 int c = p * TP + j * LANES, n = g->N - c;
                 if (n <= 0) break;
-                int64_t at = (int64_t)(r0 + r) * g->N + c;
+                int64_t at = (int64_t)(b + r) * g->N + c;
                 v16 v = acc[r][j];
                 if (g->mode == FORWARD) {
-                    v = tanh16(v + load_n(g->add + at, n));
+                    v = tanh16(v + load_n(g->rows + g->ids[b + r] * g->N + c, n));
                 } else if (g->mode == BACKWARD) {
                     v16 h = load_n(g->y + at, n);
                     v = (v + load_n(g->add + at, n)) * (1.0f - h * h);
+                } else if (g->bias) {
+                    v += load_n(g->bias + c, n);
                 }
                 store_n(g->out + at, v, n);
             }
@@ -515,19 +520,47 @@ static void gemm_panel(const Team *tm, int p)
     }
 }
 
-/* Hs[t] (B, H) = tanh(A[t] + Hs[t-1] W_hh) for t < T, Hs[-1] = h0; Wp = W_hh packed.
+static void gemm_panel(const Team *tm, int p)          /* a job: panel p, every row */
+{
+    const Gemm *g = tm->ctx;
+    gemm_tile(g, p, 0, g->M);
+}
+
+static void gemm_chunk(const Team *tm, int c)          /* a job: rows of chunk c, every panel */
+{
+    const Gemm *g = tm->ctx;
+    int r1 = (c + 1) * CHUNK < g->M ? (c + 1) * CHUNK : g->M;
+    for (int p = 0; p * TP < g->N; p++) gemm_tile(g, p, c * CHUNK, r1);
+}
+
+/* out (M, N) = x (M, K) W + bias, split by rows (M >> N: the output layer and its gradient).
  * Returns 0, or -1 out of memory. */
-int rnn_train_forward(int T, int B, int H, const float *A, const float *h0, const float *Wp,
-                      float *Hs, int threads)
+int gemm_rows(int M, int K, int N, const float *x, const float *Wp, const float *bias,
+              float *out, int threads)
 {
     Team tm; pthread_t thread;
-    Gemm g = {FORWARD, B, H, H, NULL, Wp, NULL, NULL, NULL};
+    Gemm g = {PLAIN, M, K, N, x, Wp, NULL, NULL, NULL, NULL, bias, out};
+    if (team_start_job(&tm, &thread, (M + CHUNK - 1) / CHUNK, threads, gemm_chunk, &g, 0) < 0)
+        return -1;
+    team_run(&tm, 1);
+    team_stop(&tm, thread);
+    return 0;
+}
+
+/* Hs[t] (B, H) = tanh(rows[ids[t]] + Hs[t-1] W_hh) for t < T, Hs[-1] = h0: ids (T, B),
+ * rows (V, H) = W_xh + b_h (X_t W_xh for one-hot X_t is a row of W_xh), Wp = W_hh packed.
+ * Returns 0, or -1 out of memory. */
+int rnn_train_forward(int T, int B, int H, const int64_t *ids, const float *rows,
+                      const float *h0, const float *Wp, float *Hs, int threads)
+{
+    Team tm; pthread_t thread;
+    Gemm g = {FORWARD, B, H, H, NULL, Wp, NULL, rows, NULL, NULL, NULL, NULL};
     const int64_t BH = (int64_t)B * H;
     if (team_start_job(&tm, &thread, (H + TP - 1) / TP, threads, gemm_panel, &g, 0) < 0)
         return -1;
     for (int t = 0; t < T; t++) {
         g.x = t ? Hs + (t - 1) * BH : h0;                      /* (B, H) H_{t-1} */
-        g.add = A + t * BH;                                    /* (B, H) X_t W_xh + b_h */
+        g.ids = ids + (int64_t)t * B;                          /* (B,) X_t */
         g.out = Hs + t * BH;                                   /* (B, H) H_t */
         team_run(&tm, t + 1);
     }
@@ -542,7 +575,7 @@ int rnn_train_backward(int T, int B, int H, const float *dH, const float *Hs, co
                        float *dZ, float *dh0, int threads)
 {
     Team tm; pthread_t thread;
-    Gemm g = {BACKWARD, B, H, H, NULL, WTp, NULL, NULL, NULL};
+    Gemm g = {BACKWARD, B, H, H, NULL, WTp, NULL, NULL, NULL, NULL, NULL, NULL};
     const int64_t BH = (int64_t)B * H, last = (int64_t)(T - 1) * BH;
     for (int64_t i = 0; i < BH; i++)                           /* (B, H) dZ[T-1] */
         dZ[last + i] = dH[last + i] * (1.0f - Hs[last + i] * Hs[last + i]);
@@ -578,65 +611,89 @@ cols_panel(const float *x, int64_t ldx, int K, const float *w, int R, v16 acc[8]
 }
 
 typedef struct {
-    int B, H, T;
-    const float *h0, *Hs, *dZ;   /* (B, H), (T, B, H), (T, B, H) */
-    float *panels, *dW;          /* scratch (T B) x 32 per panel; out (H, H) */
-} GradW;
+    int M, N, K1, K2, chunks;        /* out (M, N) = x1^T Y[:K1] + x2^T Y[K1:] */
+    const float *x1, *x2;            /* (K1, M) and (K2, M), rows ldx apart */
+    int64_t ldx;
+    const float *Y;                  /* (K1 + K2, N), row-major */
+    float *packed;                   /* Y in TP-column panels, (P, K1 + K2, TP) */
+    float *out;
+} XtY;
 
-/* Rows [r0, r0 + R) of dW = [h0; Hs[0..T-2]]^T dZ, for panel p's 32 columns (packed in w). */
-static inline __attribute__((always_inline)) void
-grad_w_rows(const GradW *g, int r0, const float *w, int R, v16 acc[8][2])
+/* A job: Y's columns [32p, 32p + 32) into their panel, zero-padded. */
+static void xty_pack(const Team *tm, int p)
 {
-    for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = splat(0.0f);
-    cols_panel(g->h0 + r0, g->H, g->B, w, R, acc);                          /* t = 0 */
-    cols_panel(g->Hs + r0, g->H, (g->T - 1) * g->B, w + (int64_t)g->B * TP, R, acc);
-}
-
-/* Panel p of dW: pack dZ's 32 columns, then every row of dW there. */
-static void grad_w_panel(const Team *tm, int p)
-{
-    const GradW *g = tm->ctx;
-    const int K = g->T * g->B, c0 = p * TP, n = g->H - c0 < TP ? g->H - c0 : TP;
-    float *w = g->panels + (int64_t)p * K * TP;
-    for (int k = 0; k < K; k++) {                               /* (K, 32) dZ's columns */
-        memcpy(w + (int64_t)k * TP, g->dZ + (int64_t)k * g->H + c0, sizeof(float) * n);
+    const XtY *g = tm->ctx;
+    const int K = g->K1 + g->K2, c0 = p * TP, n = g->N - c0 < TP ? g->N - c0 : TP;
+    float *w = g->packed + (int64_t)p * K * TP;
+    for (int k = 0; k < K; k++) {
+        memcpy(w + (int64_t)k * TP, g->Y + (int64_t)k * g->N + c0, sizeof(float) * n);
         memset(w + (int64_t)k * TP + n, 0, sizeof(float) * (TP - n));
     }
+}
+
+static inline __attribute__((always_inline)) void
+xty_rows(const XtY *g, int r0, const float *w, int R, v16 acc[8][2])
+{
+    for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = splat(0.0f);
+    cols_panel(g->x1 + r0, g->ldx, g->K1, w, R, acc);
+    cols_panel(g->x2 + r0, g->ldx, g->K2, w + (int64_t)g->K1 * TP, R, acc);
+}
+
+/* A job: tile i = (panel, chunk of CHUNK output rows). */
+static void xty_tile(const Team *tm, int i)
+{
+    const XtY *g = tm->ctx;
+    const int p = i / g->chunks, c0 = p * TP, n = g->N - c0 < TP ? g->N - c0 : TP;
+    const int r1 = (i % g->chunks + 1) * CHUNK < g->M ? (i % g->chunks + 1) * CHUNK : g->M;
+    const float *w = g->packed + (int64_t)p * (g->K1 + g->K2) * TP;
     v16 acc[8][2];
-    for (int r0 = 0; r0 < g->H; r0 += 8) {
-        int R = g->H - r0 < 8 ? g->H - r0 : 8;
+    for (int r0 = i % g->chunks * CHUNK; r0 < r1; r0 += 8) {
+        int R = r1 - r0 < 8 ? r1 - r0 : 8;
         switch (R) {
-        case 8: grad_w_rows(g, r0, w, 8, acc); break;
-        case 7: grad_w_rows(g, r0, w, 7, acc); break;
-        case 6: grad_w_rows(g, r0, w, 6, acc); break;
-        case 5: grad_w_rows(g, r0, w, 5, acc); break;
-        case 4: grad_w_rows(g, r0, w, 4, acc); break;
-        case 3: grad_w_rows(g, r0, w, 3, acc); break;
-        case 2: grad_w_rows(g, r0, w, 2, acc); break;
-        default: grad_w_rows(g, r0, w, 1, acc); break;
+        case 8: xty_rows(g, r0, w, 8, acc); break;
+        case 7: xty_rows(g, r0, w, 7, acc); break;
+        case 6: xty_rows(g, r0, w, 6, acc); break;
+        case 5: xty_rows(g, r0, w, 5, acc); break;
+        case 4: xty_rows(g, r0, w, 4, acc); break;
+        case 3: xty_rows(g, r0, w, 3, acc); break;
+        case 2: xty_rows(g, r0, w, 2, acc); break;
+        default: xty_rows(g, r0, w, 1, acc); break;
         }
         for (int r = 0; r < R; r++)
             for (int j = 0; j < 2 && j * LANES < n; j++)
-                store_n(g->dW + (int64_t)(r0 + r) * g->H + c0 + j * LANES, acc[r][j],
+                store_n(g->out + (int64_t)(r0 + r) * g->N + c0 + j * LANES, acc[r][j],
                         n - j * LANES);
     }
 }
 
-/* dW (H, H) = sum over t of H_{t-1}^T dZ[t], H_{-1} = h0: the gradient of W_hh as one GEMM
- * over all T B rows. Returns 0, or -1 out of memory. */
-int rnn_train_grad_w(int T, int B, int H, const float *h0, const float *Hs, const float *dZ,
-                     float *dW, int threads)
+/* A job of gemm_xty's team: step 1 packs Y (panels 0..P-1), step 2 runs the tiles. */
+static void xty_job(const Team *tm, int i)
+{
+    const XtY *g = tm->ctx;
+    if (__atomic_load_n(&tm->step, __ATOMIC_ACQUIRE) == 2)
+        xty_tile(tm, i);
+    else if (i * TP < g->N)
+        xty_pack(tm, i);
+}
+
+/* out (M, N) = x1^T Y[:K1] + x2^T Y[K1:], x1 (K1, M) and x2 (K2, M) ldx apart, Y (K1 + K2, N):
+ * a weight's gradient as one product over all T B rows (x2 may be NULL with K2 = 0). dW_hh is
+ * [h0; Hs[:-1]]^T dZ, dW_hq is Hs^T dO. Returns 0, or -1 out of memory. */
+int gemm_xty(int M, int N, int K1, int K2, const float *x1, const float *x2, int64_t ldx,
+             const float *Y, float *out, int threads)
 {
     Team tm; pthread_t thread;
-    const int P = (H + TP - 1) / TP;
-    GradW g = {B, H, T, h0, Hs, dZ, malloc(sizeof(float) * (size_t)P * T * B * TP), dW};
-    if (!g.panels) return -1;
-    if (team_start_job(&tm, &thread, P, threads, grad_w_panel, &g, 0) < 0) {
-        free(g.panels);
+    const int P = (N + TP - 1) / TP;
+    XtY g = {M, N, K1, K2, (M + CHUNK - 1) / CHUNK, x1, x2 ? x2 : x1, ldx, Y,
+             malloc(sizeof(float) * (size_t)P * (K1 + K2) * TP), out};
+    if (!g.packed) return -1;
+    if (team_start_job(&tm, &thread, g.chunks * P, threads, xty_job, &g, 0) < 0) {
+        free(g.packed);
         return -1;
     }
-    team_run(&tm, 1);
+    team_run(&tm, 1);                                          /* Y packed, by panels */
+    team_run(&tm, 2);                                          /* the tiles */
     team_stop(&tm, thread);
-    free(g.panels);
+    free(g.packed);
     return 0;
 }

@@ -104,11 +104,12 @@ def _load() -> None:
     lib.gated_trace.argtypes = [i, i, i, ptr, ptr, ptr, ptr, ptr]
     lib.rnn_trace.restype = lib.rnn_greedy.restype = lib.kn_rows.restype = i
     lib.gated_trace.restype = i
-    lib.rnn_train_forward.argtypes = [i, i, i, ptr, ptr, ptr, ptr, i]
+    lib.rnn_train_forward.argtypes = [i, i, i, ptr, ptr, ptr, ptr, ptr, i]
     lib.rnn_train_backward.argtypes = [i, i, i, ptr, ptr, ptr, ptr, ptr, i]
-    lib.rnn_train_grad_w.argtypes = [i, i, i, ptr, ptr, ptr, ptr, i]
-    lib.rnn_train_forward.restype = lib.rnn_train_backward.restype = i
-    lib.rnn_train_grad_w.restype = i
+    lib.gemm_rows.argtypes = [i, i, i, ptr, ptr, ptr, ptr, i]
+    lib.gemm_xty.argtypes = [i, i, i, i, ptr, ptr, ctypes.c_int64, ptr, ptr, i]
+    for f in (lib.rnn_train_forward, lib.rnn_train_backward, lib.gemm_rows, lib.gemm_xty):
+        f.restype = i
     _lib, _flags[:] = lib, flags
 
 
@@ -273,24 +274,54 @@ def pack_panels(W: torch.Tensor) -> torch.Tensor:
     each K contiguous rows of 32: (⌈N/32⌉, K, 32)."""
     K, N = W.shape
     P = -(-N // TRAIN_PANEL)
+    if N == P * TRAIN_PANEL:                                 # no padding: one copy
+        return W.detach().unflatten(1, (P, TRAIN_PANEL)).transpose(0, 1).contiguous()
     padded = torch.zeros(K, P * TRAIN_PANEL, dtype=torch.float32)
     padded[:, :N] = W.detach()
     return padded.reshape(K, P, TRAIN_PANEL).transpose(0, 1).contiguous()
 
 
-def _ptr(t: torch.Tensor) -> int:
-    assert t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu"
+def _ptr(t: torch.Tensor | None) -> int | None:
+    if t is None:
+        return None
+    assert t.dtype in (torch.float32, torch.int64) and t.is_contiguous() and t.device.type == "cpu"
     return t.data_ptr()
 
 
-def rnn_train_forward(A: torch.Tensor, h0: torch.Tensor, W_packed: torch.Tensor) -> torch.Tensor:
-    """Hs (T, B, H): Hs[t] = tanh(A[t] + Hs[t-1] W_hh), Hs[-1] = h0 (B, H); A (T, B, H) is
-    X_t W_xh + b_h; W_packed = pack_panels(W_hh). `bptt.RNNRecurrence.forward`'s arithmetic."""
-    T, B, H = A.shape
-    A, h0 = A.contiguous(), h0.contiguous()
+def gemm_rows(x: torch.Tensor, W_packed: torch.Tensor, N: int, bias: torch.Tensor | None = None
+              ) -> torch.Tensor:
+    """x (M, K) W + bias → (M, N), W = the (K, N) matrix packed (`pack_panels`): split by rows,
+    for M >> N (the output layer, its gradient)."""
+    x = x.contiguous()
+    (M, K), out = x.shape, torch.empty(x.shape[0], N)
+    _check(library().gemm_rows(M, K, N, _ptr(x), _ptr(W_packed), _ptr(bias), _ptr(out),
+                               threads()))
+    return out
+
+
+def gemm_xty(x1: torch.Tensor, Y: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:
+    """x1ᵀ Y[:K1] + x2ᵀ Y[K1:] (M, N) for x1 (K1, M), x2 (K2, M), Y (K1 + K2, N): a weight's
+    gradient as one product over all T·B rows."""
+    x1 = x1.contiguous()
+    x2 = None if x2 is None else x2.contiguous()
+    Y = Y.contiguous()
+    (K1, M), K2, N = x1.shape, 0 if x2 is None else x2.shape[0], Y.shape[1]
+    out = torch.empty(M, N)
+    _check(library().gemm_xty(M, N, K1, K2, _ptr(x1), _ptr(x2), M, _ptr(Y), _ptr(out),
+                              threads()))
+    return out
+
+
+def rnn_train_forward(ids: torch.Tensor, rows: torch.Tensor, h0: torch.Tensor,
+                      W_packed: torch.Tensor) -> torch.Tensor:
+    """Hs (T, B, H): Hs[t] = tanh(rows[ids[t]] + Hs[t-1] W_hh), Hs[-1] = h0 (B, H); ids (T, B),
+    rows (V, H) = W_xh + b_h, W_packed = pack_panels(W_hh). `bptt.RNNRecurrence.forward`'s
+    arithmetic, with X_t W_xh as a row of W_xh."""
+    (T, B), H = ids.shape, h0.shape[1]
+    ids, rows, h0 = ids.contiguous(), rows.contiguous(), h0.contiguous()
     Hs = torch.empty(T, B, H)
-    _check(library().rnn_train_forward(T, B, H, _ptr(A), _ptr(h0), _ptr(W_packed), _ptr(Hs),
-                                       threads()))
+    _check(library().rnn_train_forward(T, B, H, _ptr(ids), _ptr(rows), _ptr(h0), _ptr(W_packed),
+                                       _ptr(Hs), threads()))
     return Hs
 
 
@@ -303,14 +334,5 @@ def rnn_train_backward(dH: torch.Tensor, Hs: torch.Tensor, WT_packed: torch.Tens
     dZ = torch.empty(T, B, H)
     dh0 = torch.empty(B, H) if want_dh0 else None
     _check(library().rnn_train_backward(T, B, H, _ptr(dH), _ptr(Hs), _ptr(WT_packed), _ptr(dZ),
-                                        _ptr(dh0) if want_dh0 else None, threads()))
+                                        _ptr(dh0), threads()))
     return dZ, dh0
-
-
-def rnn_train_grad_w(h0: torch.Tensor, Hs: torch.Tensor, dZ: torch.Tensor) -> torch.Tensor:
-    """dW_hh (H, H) = Σ_t H_{t-1}ᵀ dZ[t] with H_{-1} = h0 (B, H); Hs, dZ (T, B, H)."""
-    T, B, H = Hs.shape
-    h0, dW = h0.contiguous(), torch.empty(H, H)
-    _check(library().rnn_train_grad_w(T, B, H, _ptr(h0), _ptr(Hs), _ptr(dZ), _ptr(dW),
-                                      threads()))
-    return dW
