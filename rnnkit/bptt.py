@@ -87,19 +87,21 @@ class RNNRecurrence(torch.autograd.Function):
 class CompiledRNN(torch.autograd.Function):
     """The chapter's whole RNN — X_t W_xh as rows of W_xh, the recurrence, the output layer — and
     its hand-derived gradient (`RNNRecurrence`'s, with the output layer's and the input rows'),
-    every product in fastloop.c on two threads (`--impl compiled`). Its sums run in another
+    every product in fastloop.c on two threads (`--impl compiled`); with `bf16` the recurrence's
+    products (W_hh's, forward and backward, and dW_hh) in bfloat16. Its sums run in another
     order than MKL's, so it is tested against `rnn_forward` and the book's loop within
     rounding, not bitwise. X (B, T) ids, h0 (B, H) → logits (T, B, V), H_T (B, H)."""
 
     @staticmethod
-    def forward(ctx, X, h0, W_xh, W_hh, b_h, W_hq, b_q):
+    def forward(ctx, X, h0, W_xh, W_hh, b_h, W_hq, b_q, bf16: bool = False):
         ids = X.T.contiguous()                                            # (T, B)
-        Hs = fastloop.rnn_train_forward(ids, W_xh + b_h, h0,
-                                        fastloop.pack_panels(W_hh))       # (T, B, H)
+        pack = fastloop.pack_pairs if bf16 else fastloop.pack_panels     # bf16: W_hh's products
+        Hs = fastloop.rnn_train_forward(ids, W_xh + b_h, h0, pack(W_hh))  # (T, B, H)
         T, B, n = Hs.shape
         V = W_hq.shape[1]
         O = fastloop.gemm_rows(Hs.reshape(T * B, n), fastloop.pack_panels(W_hq), V, b_q)
         ctx.save_for_backward(ids, h0, Hs, W_hh, W_hq)
+        ctx.bf16 = bf16
         return O.reshape(T, B, V), Hs[-1].clone()
 
     @staticmethod
@@ -110,13 +112,15 @@ class CompiledRNN(torch.autograd.Function):
         dH = fastloop.gemm_rows(dO, fastloop.pack_panels(W_hq.t()), n).reshape(T, B, n)
         if dH_T is not None:
             dH[-1] += dH_T                                                # the carried state's
-        dZ, dh0 = fastloop.rnn_train_backward(dH, Hs, fastloop.pack_panels(W_hh.t()),
+        pack = fastloop.pack_pairs if ctx.bf16 else fastloop.pack_panels
+        dZ, dh0 = fastloop.rnn_train_backward(dH, Hs, pack(W_hh.t()),
                                               ctx.needs_input_grad[1])    # (T, B, H)
         flat = dZ.reshape(T * B, n)                                       # (T·B, H)
         dW_xh = torch.zeros(W_hq.shape[1], n).index_add_(0, ids.reshape(-1), flat)   # (V, H)
-        dW_hh = fastloop.gemm_xty(h0, flat, Hs[:-1].reshape(-1, n))       # Σ H_{t-1}ᵀ dZ_t
+        dW_hh = fastloop.gemm_xty(h0, flat, Hs[:-1].reshape(-1, n),
+                                  bf16=ctx.bf16)                          # Σ H_{t-1}ᵀ dZ_t
         dW_hq = fastloop.gemm_xty(Hs.reshape(-1, n), dO)                  # Σ H_tᵀ dO_t
-        return None, dh0, dW_xh, dW_hh, flat.sum(0), dW_hq, dO.sum(0)
+        return None, dh0, dW_xh, dW_hh, flat.sum(0), dW_hq, dO.sum(0), None
 
 
 def lstm_forward(X: torch.Tensor, state: tuple, m) -> tuple[torch.Tensor, tuple]:
@@ -148,7 +152,7 @@ def rnn_forward(X: torch.Tensor, h0: torch.Tensor, W_xh, W_hh, b_h, W_hq, b_q,
     """X (B, T) ids, h0 (B, H) → logits (T, B, V) and the final state (H_T,). `compiled`:
     the fp32 model in fastloop.c (`CompiledRNN`)."""
     if compiled:
-        O, H_T = CompiledRNN.apply(X, h0, W_xh, W_hh, b_h, W_hq, b_q)
+        O, H_T = CompiledRNN.apply(X, h0, W_xh, W_hh, b_h, W_hq, b_q, bf16)
         return O, (H_T,)
     B, T = X.shape
     A = F.embedding(X.T, W_xh) + b_h                             # (T, B, H) row lookup

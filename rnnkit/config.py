@@ -151,10 +151,10 @@ class TrainConfig:
             raise UsageError("--precision fp16 needs --device cuda (use bf16 on a CPU)")
         if self.precision == "fp16" and self.impl == "bptt":
             raise UsageError("--precision fp16 runs with --impl autograd or torch")
-        if self.impl == "compiled" and (self.cell != "rnn" or self.precision != "fp32"
+        if self.impl == "compiled" and (self.cell != "rnn" or self.precision == "fp16"
                                         or not self.device.startswith("cpu")):
-            raise UsageError("--impl compiled is for --cell rnn in fp32 on the CPU; use --impl "
-                             "bptt for the others")
+            raise UsageError("--impl compiled is for --cell rnn in fp32 or bf16 on the CPU; use "
+                             "--impl bptt for the others")
         if self.cell != "rnn" and self.impl == "bptt" and self.precision == "bf16":
             raise UsageError("--precision bf16 with --impl bptt is for --cell rnn; use "
                               "--impl torch for bf16 gated cells")

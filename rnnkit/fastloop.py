@@ -104,11 +104,13 @@ def _load() -> None:
     lib.gated_trace.argtypes = [i, i, i, ptr, ptr, ptr, ptr, ptr]
     lib.rnn_trace.restype = lib.rnn_greedy.restype = lib.kn_rows.restype = i
     lib.gated_trace.restype = i
-    lib.rnn_train_forward.argtypes = [i, i, i, ptr, ptr, ptr, ptr, ptr, i]
-    lib.rnn_train_backward.argtypes = [i, i, i, ptr, ptr, ptr, ptr, ptr, i]
+    lib.rnn_train_forward.argtypes = [i, i, i, ptr, ptr, ptr, ptr, ptr, ptr, i]
+    lib.rnn_train_backward.argtypes = [i, i, i, ptr, ptr, ptr, ptr, ptr, ptr, i]
     lib.gemm_rows.argtypes = [i, i, i, ptr, ptr, ptr, ptr, i]
-    lib.gemm_xty.argtypes = [i, i, i, i, ptr, ptr, ctypes.c_int64, ptr, ptr, i]
-    for f in (lib.rnn_train_forward, lib.rnn_train_backward, lib.gemm_rows, lib.gemm_xty):
+    lib.gemm_xty.argtypes = [i, i, i, i, ptr, ptr, ctypes.c_int64, ptr, ptr, i, i]
+    lib.has_bf16.argtypes = []
+    for f in (lib.rnn_train_forward, lib.rnn_train_backward, lib.gemm_rows, lib.gemm_xty,
+              lib.has_bf16):
         f.restype = i
     _lib, _flags[:] = lib, flags
 
@@ -281,10 +283,27 @@ def pack_panels(W: torch.Tensor) -> torch.Tensor:
     return padded.reshape(K, P, TRAIN_PANEL).transpose(0, 1).contiguous()
 
 
+def has_bf16() -> bool:
+    """Whether the compiled library multiplies in bf16 (AVX512-BF16 in its -march=native build)."""
+    return library() is not None and bool(library().has_bf16())
+
+
+def pack_pairs(W: torch.Tensor) -> torch.Tensor:
+    """(K, N) → the bf16 GEMMs' layout: W rounded to bfloat16 (to nearest even), rows taken in
+    pairs (k even in the low half of an int32), panels of 32 columns: (⌈N/32⌉, ⌈K/2⌉, 32)."""
+    K, N = W.shape
+    P, Kp = -(-N // TRAIN_PANEL), -(-K // 2)
+    padded = torch.zeros(2 * Kp, P * TRAIN_PANEL, dtype=torch.bfloat16)
+    padded[:K, :N] = W.detach()
+    pairs = padded.view(torch.int16).reshape(Kp, 2, P, TRAIN_PANEL).permute(2, 0, 3, 1)
+    return pairs.contiguous().view(torch.int32).reshape(P, Kp, TRAIN_PANEL)
+
+
 def _ptr(t: torch.Tensor | None) -> int | None:
     if t is None:
         return None
-    assert t.dtype in (torch.float32, torch.int64) and t.is_contiguous() and t.device.type == "cpu"
+    assert t.dtype in (torch.float32, torch.int32, torch.int64) and t.is_contiguous() \
+        and t.device.type == "cpu"
     return t.data_ptr()
 
 
@@ -299,40 +318,48 @@ def gemm_rows(x: torch.Tensor, W_packed: torch.Tensor, N: int, bias: torch.Tenso
     return out
 
 
-def gemm_xty(x1: torch.Tensor, Y: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:
+def gemm_xty(x1: torch.Tensor, Y: torch.Tensor, x2: torch.Tensor | None = None,
+             bf16: bool = False) -> torch.Tensor:
     """x1ᵀ Y[:K1] + x2ᵀ Y[K1:] (M, N) for x1 (K1, M), x2 (K2, M), Y (K1 + K2, N): a weight's
-    gradient as one product over all T·B rows."""
+    gradient as one product over all T·B rows (bf16 products with `bf16`)."""
     x1 = x1.contiguous()
     x2 = None if x2 is None else x2.contiguous()
     Y = Y.contiguous()
     (K1, M), K2, N = x1.shape, 0 if x2 is None else x2.shape[0], Y.shape[1]
     out = torch.empty(M, N)
     _check(library().gemm_xty(M, N, K1, K2, _ptr(x1), _ptr(x2), M, _ptr(Y), _ptr(out),
-                              threads()))
+                              int(bf16), threads()))
     return out
+
+
+def _split(W_packed: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(fp32 panels, None) or (None, bf16 pairs), as the C side takes either."""
+    return (None, W_packed) if W_packed.dtype == torch.int32 else (W_packed, None)
 
 
 def rnn_train_forward(ids: torch.Tensor, rows: torch.Tensor, h0: torch.Tensor,
                       W_packed: torch.Tensor) -> torch.Tensor:
     """Hs (T, B, H): Hs[t] = tanh(rows[ids[t]] + Hs[t-1] W_hh), Hs[-1] = h0 (B, H); ids (T, B),
-    rows (V, H) = W_xh + b_h, W_packed = pack_panels(W_hh). `bptt.RNNRecurrence.forward`'s
-    arithmetic, with X_t W_xh as a row of W_xh."""
+    rows (V, H) = W_xh + b_h, W_packed = pack_panels(W_hh), or pack_pairs(W_hh) for bf16
+    products. `bptt.RNNRecurrence.forward`'s arithmetic, with X_t W_xh as a row of W_xh."""
     (T, B), H = ids.shape, h0.shape[1]
     ids, rows, h0 = ids.contiguous(), rows.contiguous(), h0.contiguous()
     Hs = torch.empty(T, B, H)
-    _check(library().rnn_train_forward(T, B, H, _ptr(ids), _ptr(rows), _ptr(h0), _ptr(W_packed),
-                                       _ptr(Hs), threads()))
+    _check(library().rnn_train_forward(T, B, H, _ptr(ids), _ptr(rows), _ptr(h0),
+                                       *map(_ptr, _split(W_packed)), _ptr(Hs), threads()))
     return Hs
 
 
 def rnn_train_backward(dH: torch.Tensor, Hs: torch.Tensor, WT_packed: torch.Tensor,
                        want_dh0: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """dZ (T, B, H), the loss's gradient at each step's pre-activation, from dH (T, B, H) (each
-    step's own output's) and Hs; and dh0 (B, H) if asked. WT_packed = pack_panels(W_hhᵀ)."""
+    step's own output's) and Hs; and dh0 (B, H) if asked. WT_packed = pack_panels(W_hhᵀ), or
+    pack_pairs(W_hhᵀ)."""
     T, B, H = Hs.shape
     dH = dH.contiguous()
     dZ = torch.empty(T, B, H)
     dh0 = torch.empty(B, H) if want_dh0 else None
-    _check(library().rnn_train_backward(T, B, H, _ptr(dH), _ptr(Hs), _ptr(WT_packed), _ptr(dZ),
-                                        _ptr(dh0), threads()))
+    _check(library().rnn_train_backward(T, B, H, _ptr(dH), _ptr(Hs),
+                                        *map(_ptr, _split(WT_packed)), _ptr(dZ), _ptr(dh0),
+                                        threads()))
     return dZ, dh0

@@ -58,8 +58,8 @@ class Autocast:
 
     @classmethod
     def for_config(cls, config, device: torch.device) -> "Autocast":
-        if config.impl == "bptt" or config.precision == "fp32":
-            return cls(device.type)          # bptt casts its own matmuls
+        if config.impl in ("bptt", "compiled") or config.precision == "fp32":
+            return cls(device.type)          # bptt and compiled cast their own products
         return cls(device.type, torch.bfloat16 if config.precision == "bf16" else torch.float16)
 
     def context(self):

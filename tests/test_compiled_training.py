@@ -17,8 +17,9 @@ from rnnkit.models import RNNScratch
 needs_compiler = pytest.mark.skipif(fastloop.library() is None, reason=fastloop.status())
 
 
-def _run(impl, X, Y, h0, H, w_scale=5):
-    m = RNNScratch(28, H, impl=impl, generator=torch.Generator().manual_seed(0))
+def _run(impl, X, Y, h0, H, w_scale=5, precision="fp32"):
+    m = RNNScratch(28, H, impl=impl, precision=precision,
+                   generator=torch.Generator().manual_seed(0))
     with torch.no_grad():                      # larger weights so tanh is not linear
         m.W_hh.mul_(w_scale)
         m.W_xh.mul_(50)
@@ -47,29 +48,74 @@ def test_compiled_gradients_equal_the_hand_derived_and_the_books(B, T, H):
 
 
 @needs_compiler
-def test_one_thread_and_two_give_the_same_bits(monkeypatch):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_one_thread_and_two_give_the_same_bits(precision, monkeypatch):
+    if precision == "bf16" and not fastloop.has_bf16():
+        pytest.skip("no AVX512-BF16 in this build")
     torch.manual_seed(1)
     X, Y, h0 = torch.randint(0, 28, (11, 9)), torch.randint(0, 28, (11, 9)), torch.randn(11, 72)
     results = []
     for threads in ("1", "2"):
         monkeypatch.setenv("RNNKIT_FASTLOOP_THREADS", threads)
-        out, grads = _run("compiled", X, Y, h0, 72)
+        out, grads = _run("compiled", X, Y, h0, 72, precision=precision)
         results.append([out, *grads.values()])
     assert all(torch.equal(x, y) for x, y in zip(*results))
 
 
+@pytest.mark.skipif(not fastloop.has_bf16(), reason="no AVX512-BF16 in this build")
+@pytest.mark.parametrize("B,T,H", [(8, 20, 96), (5, 7, 41), (32, 35, 512)])
+def test_compiled_bf16_stays_as_close_to_fp32_as_bptts_bf16(B, T, H):
+    """bf16 products, fp32 states and sums: within bptt bf16's distance of the fp32 loop (odd
+    H: the last pair of a row is half padding)."""
+    torch.manual_seed(0)
+    X, Y = torch.randint(0, 28, (B, T)), torch.randint(0, 28, (B, T))
+    h0 = torch.randn(B, H) * 0.5
+    out_ref, ref = _run("autograd", X, Y, h0, H)
+    out_bptt, bptt = _run("bptt", X, Y, h0, H, precision="bf16")
+    out, ours = _run("compiled", X, Y, h0, H, precision="bf16")
+    assert (out - out_ref).abs().max() <= 2 * (out_bptt - out_ref).abs().max() + 1e-6
+    for name in ref:
+        err = (ours[name] - ref[name]).norm() / ref[name].norm()
+        assert err < 0.05 and err < 2 * (bptt[name] - ref[name]).norm() / ref[name].norm(), name
+
+
+def test_pairs_are_bf16_rounded_rows_two_by_two():
+    W = torch.randn(5, 40)
+    pairs = fastloop.pack_pairs(W)                                  # (2 panels, 3 pairs, 32)
+    halves = pairs.view(torch.int16).reshape(2, 3, 32, 2)           # [panel, pair, col, k%2]
+    rounded = torch.zeros(6, 64, dtype=torch.bfloat16)
+    rounded[:5, :40] = W                                            # to nearest even
+    back = halves.permute(1, 3, 0, 2).reshape(6, 64).view(torch.bfloat16)
+    assert pairs.shape == (2, 3, 32) and torch.equal(back, rounded)
+
+
+def test_without_avx512_bf16_a_compiled_bf16_model_is_bptts(monkeypatch):
+    torch.manual_seed(0)
+    X, Y, h0 = torch.randint(0, 28, (4, 6)), torch.randint(0, 28, (4, 6)), torch.randn(4, 40)
+    monkeypatch.setattr(fastloop, "has_bf16", lambda: False)
+    out, grads = _run("compiled", X, Y, h0, 40, precision="bf16")
+    out_bptt, bptt = _run("bptt", X, Y, h0, 40, precision="bf16")
+    assert torch.equal(out, out_bptt) and all(torch.equal(grads[k], bptt[k]) for k in grads)
+
+
 @needs_compiler
-def test_a_compiled_run_trains_like_the_bptt_run_and_says_which_it_is(tmp_path, capsys):
-    args = ["--epochs", "3", "--max-tokens", "3000", "--hidden", "64", "--batch-size", "8"]
+@pytest.mark.parametrize("precision,rel,says", [("fp32", 1e-4, "compiled), 64 hidden"),
+                                                ("bf16", 2e-2, "compiled, bf16 products)")])
+def test_a_compiled_run_trains_like_the_bptt_run_and_says_which_it_is(precision, rel, says,
+                                                                      tmp_path, capsys):
+    if precision == "bf16" and not fastloop.has_bf16():
+        pytest.skip("no AVX512-BF16 in this build")
+    args = ["--epochs", "3", "--max-tokens", "3000", "--hidden", "64", "--batch-size", "8",
+            "--precision", precision]
     main(["train", *args, "--out", str(tmp_path / "bptt")])
     main(["train", *args, "--impl", "compiled", "--out", str(tmp_path / "compiled")])
     out = capsys.readouterr().out
-    assert "RNN (from scratch, hand-derived BPTT, its GEMMs compiled)" in out
+    assert f"RNN (from scratch, hand-derived BPTT, its GEMMs {says}" in out
     ppl = {}
     for name in ("bptt", "compiled"):
         lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
         ppl[name] = [json.loads(line)["train_ppl"] for line in lines]
-    assert ppl["compiled"] == pytest.approx(ppl["bptt"], rel=1e-4)
+    assert ppl["compiled"] == pytest.approx(ppl["bptt"], rel=rel)
     assert ppl["compiled"][-1] < ppl["compiled"][0]
     assert torch.get_num_threads() == perf.training_threads("bptt")      # given back
 
@@ -89,9 +135,9 @@ def test_without_a_compiler_a_compiled_run_is_the_bptt_run_and_says_so(tmp_path)
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # bptt's bits
 
 
-@pytest.mark.parametrize("flags", [["--cell", "gru"], ["--precision", "bf16"]])
-def test_compiled_is_for_the_fp32_rnn_and_says_so(flags, tmp_path, capsys):
+@pytest.mark.parametrize("flags", [["--cell", "gru"], ["--cell", "lstm", "--precision", "bf16"]])
+def test_compiled_is_for_the_rnn_and_says_so(flags, tmp_path, capsys):
     assert main(["train", "--impl", "compiled", *flags, "--epochs", "1",
                  "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "--impl compiled is for --cell rnn in fp32 on the CPU" in err
+    assert err.count("\n") == 0 and "--impl compiled is for --cell rnn in fp32 or bf16 on the CPU" in err

@@ -140,6 +140,15 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
+def compiled_where(c) -> str:
+    """Where `--impl compiled`'s products run: fastloop.c, or torch's and why."""
+    if fastloop.library() is None:
+        return f"in torch ({fastloop.status()})"
+    if c.precision == "bf16" and not fastloop.has_bf16():
+        return "in torch (this CPU or build has no AVX512-BF16 for bf16 products)"
+    return "compiled" + (", bf16 products" if c.precision == "bf16" else "")
+
+
 def describe(run: Training, seconds_per_epoch: float) -> list[str]:
     """The first lines of a run: what it will train on, what, where and for how long
     (`seconds_per_epoch`: measured by `setup.seconds_per_epoch`)."""
@@ -155,8 +164,8 @@ def describe(run: Training, seconds_per_epoch: float) -> list[str]:
             "minlstm": "minLSTM", "transformer": "transformer"}[c.cell]
     impl = {"bptt": "from scratch, hand-derived BPTT", "autograd": "from scratch, autograd",
             "torch": f"torch.nn.{kind}",
-            "compiled": "from scratch, hand-derived BPTT, its GEMMs " + (
-                "compiled" if fastloop.library() else f"in torch ({fastloop.status()})")}[c.impl]
+            "compiled": "from scratch, hand-derived BPTT, its GEMMs " + compiled_where(c)
+            }[c.impl]
     if c.cell in ("mingru", "minlstm"):
         impl = "residual blocks, trained in parallel over each window"
     elif c.cell == "transformer":
