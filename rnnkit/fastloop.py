@@ -26,6 +26,8 @@ import torch
 from .encode import cache_dir
 
 SOURCE = Path(__file__).with_name("fastloop.c")
+SOURCES = [SOURCE, SOURCE.with_name("fasttrain.c")]      # built as one library
+HEADER = SOURCE.with_name("fastloop.h")
 BUILDS = (["-O3", "-march=native"], ["-O3"])     # for this CPU's vector units, else any CPU's
 LINK = ["-shared", "-fPIC", "-pthread"]
 LANES, PANEL = 16, 128            # fastloop.c's vector width and panel width, in floats
@@ -51,8 +53,8 @@ def _build(cc: str, flags: list[str], target: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        subprocess.run([cc, *flags, *LINK, "-o", tmp, str(SOURCE)], check=True, timeout=120,
-                       capture_output=True)
+        subprocess.run([cc, *flags, *LINK, "-o", tmp, *map(str, SOURCES)], check=True,
+                       timeout=120, capture_output=True)
         os.replace(tmp, target)         # atomic: concurrent builders each leave a whole file
     finally:
         if os.path.exists(tmp):
@@ -81,7 +83,8 @@ def _load() -> None:
         return
     failures = []
     for flags in BUILDS:               # a compiler without -march=native gets the plain build
-        key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *flags, *LINK]).encode()
+        code = b"".join(f.read_bytes() for f in (*SOURCES, HEADER))
+        key = hashlib.sha256(code + " ".join([cc, *flags, *LINK]).encode()
                              + _cpu().encode()).hexdigest()[:16]
         target = cache_dir() / f"fastloop-{platform.machine()}-{key}.so"
         try:

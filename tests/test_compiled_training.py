@@ -140,4 +140,5 @@ def test_compiled_is_for_the_rnn_and_says_so(flags, tmp_path, capsys):
     assert main(["train", "--impl", "compiled", *flags, "--epochs", "1",
                  "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "--impl compiled is for --cell rnn in fp32 or bf16 on the CPU" in err
+    assert err.count("\n") == 0
+    assert "--impl compiled is for --cell rnn in fp32 or bf16 on the CPU" in err
