@@ -36,7 +36,7 @@ def test_every_pointer_in_help_and_readme_leads_somewhere_real():
 
 
 @pytest.mark.parametrize("flag,choices", [
-    ("--cell", "{rnn,gru,lstm,mingru,minlstm,transformer}"), ("--clean", "{d2l,lower,none}"), ("--impl", "{bptt,autograd,torch}"),
+    ("--cell", "{rnn,gru,lstm,mingru,minlstm,transformer}"), ("--clean", "{d2l,lower,none}"), ("--impl", "{bptt,autograd,torch,compiled}"),
     ("--token", "{char,word}"), ("--optimizer", "{sgd,adam,adamw}"),
     ("--schedule", "{constant,cosine,plateau}"), ("--sampling", "{sequential,random}"),
     ("--precision", "{fp32,bf16,fp16}")])
