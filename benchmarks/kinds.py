@@ -20,18 +20,25 @@ from rnnkit.config import TrainConfig
 from rnnkit.generate import generate_ids
 from rnnkit.minrnn import MinCell
 from rnnkit.models import build_model
+from rnnkit.perf import training_threads
 
 BATCH, WINDOW, VOCAB = 32, 128, 65
 
 
-def rate(step, tokens: int, seconds: float) -> float:
-    """tokens/s of `step()`, after one untimed call, over at least `seconds`."""
-    step()
-    n, start = 0, time.perf_counter()
-    while n < 2 or time.perf_counter() - start < seconds:
+def rate(step, tokens: int, seconds: float, cell: str = "lstm") -> float:
+    """tokens/s of `step()`, after one untimed call, over at least `seconds`, on the torch
+    threads that `rnnkit train` gives this cell (`perf.training_threads`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(training_threads("torch", cell))
+    try:
         step()
-        n += 1
-    return n * tokens / (time.perf_counter() - start)
+        n, start = 0, time.perf_counter()
+        while n < 2 or time.perf_counter() - start < seconds:
+            step()
+            n += 1
+        return n * tokens / (time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def layer_rates(width: int, seconds: float) -> dict:
@@ -44,7 +51,7 @@ def layer_rates(width: int, seconds: float) -> dict:
     for kind in ("mingru", "minlstm"):
         cell = MinCell(kind, width, width)
         out[kind] = rate(lambda: cell.train_states(x, h0).sum().backward(), BATCH * WINDOW,
-                         seconds)
+                         seconds, kind)
         out[f"{kind} (log-space scan)"] = rate(lambda: cell.scan(x, h0).sum().backward(),
                                                BATCH * WINDOW, seconds)
     return out
@@ -68,7 +75,7 @@ def model_rates(width: int, seconds: float) -> dict:
             F.cross_entropy(logits.reshape(-1, VOCAB), X.T.reshape(-1)).backward()
             opt.step()
             opt.zero_grad()
-        train = rate(step, BATCH * WINDOW, seconds)
+        train = rate(step, BATCH * WINDOW, seconds, kw["cell"])
         model.eval()
         threads = torch.get_num_threads()
         torch.set_num_threads(1)

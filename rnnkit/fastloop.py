@@ -112,6 +112,9 @@ def _load() -> None:
     lib.gemm_rows.argtypes = [i, i, i, ptr, ptr, ptr, ptr, i]
     lib.gemm_xty.argtypes = [i, i, i, i, ptr, ptr, ctypes.c_int64, ptr, ptr, i, i]
     lib.has_bf16.argtypes = []
+    lib.min_forward.argtypes = [i, i, i, i, ptr, ptr, ptr, i]
+    lib.min_backward.argtypes = [i, i, i, i, ptr, ptr, ptr, ptr, ptr, ptr, i]
+    lib.min_forward.restype = lib.min_backward.restype = i
     for f in (lib.rnn_train_forward, lib.rnn_train_backward, lib.gemm_rows, lib.gemm_xty,
               lib.has_bf16):
         f.restype = i
@@ -366,3 +369,23 @@ def rnn_train_backward(dH: torch.Tensor, Hs: torch.Tensor, WT_packed: torch.Tens
                                         *map(_ptr, _split(WT_packed)), _ptr(dZ), _ptr(dh0),
                                         threads()))
     return dZ, dh0
+
+
+def min_forward(lstm: bool, gates: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    """A minGRU (or minLSTM) window: h (B, T, H) from the gates' pre-activations (B, T, G·H)
+    and h0 (B, H), as `MinCell.sequential` steps it."""
+    gates, h0 = gates.contiguous(), h0.contiguous()
+    (B, T, _), H = gates.shape, h0.shape[1]
+    h = torch.empty(B, T, H)
+    _check(library().min_forward(int(lstm), B, T, H, _ptr(gates), _ptr(h0), _ptr(h), threads()))
+    return h
+
+
+def min_backward(lstm: bool, gates: torch.Tensor, h0: torch.Tensor, h: torch.Tensor,
+                 dh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """d gates (B, T, G·H) and d h0 (B, H) from dh (B, T, H) for `min_forward`'s window."""
+    dh, (B, T, H) = dh.contiguous(), h.shape
+    dgates, dh0 = torch.empty_like(gates), torch.empty(B, H)
+    _check(library().min_backward(int(lstm), B, T, H, _ptr(gates), _ptr(h0), _ptr(h), _ptr(dh),
+                                  _ptr(dgates), _ptr(dh0), threads()))
+    return dgates, dh0

@@ -458,3 +458,117 @@ int gemm_xty(int M, int N, int K1, int K2, const float *x1, const float *x2, int
     free(g.packed); free(g.Yb); free(g.xb);
     return 0;
 }
+
+/* ---- minGRU and minLSTM (`minrnn.MinCell.train_states` on the CPU): a window's recurrence
+ * h_t = a_t h_{t-1} + b_t from the gates' pre-activations, and its gradient, in one pass each
+ * (a row of the batch a job; every unit of the row in vectors). `MinCell.sequential` is the
+ * reference. minGRU: a = 1 - z, b = z g(h~), z = sigmoid(k); minLSTM: a = f / (f + i),
+ * b = i / (f + i) g(h~), f and i sigmoids; g(x) = x + 1/2 for x >= 0, sigmoid(x) below. */
+typedef struct {
+    int lstm, B, T, H;
+    const float *gates;              /* (B, T, G H): k, h~ or f, i, h~ (pre-activations) */
+    const float *h0;                 /* (B, H) */
+    float *h;                        /* (B, T, H): the states (forward: out) */
+    const float *dh;                 /* backward: (B, T, H) the loss's gradient at each h_t */
+    float *dgates, *dh0;             /* backward: (B, T, G H), (B, H) */
+} MinJob;
+
+static inline v16 sigmoid_v(v16 x) { return 0.5f * (tanh16(0.5f * x) + 1.0f); }
+
+/* a, b of one step for 16 units from the gates at g (units j..), with what backward needs. */
+typedef struct { v16 a, b, s1, s2, gt, dg; } MinStep;
+
+static inline MinStep min_step(const MinJob *m, const float *g, int j, int n)
+{
+    MinStep o;
+    const int H = m->H;
+    v16 ht = load_n(g + (m->lstm ? 2 : 1) * H + j, n);
+    v16 sg = sigmoid_v(ht);
+    o.gt = pick(ht >= 0.0f, ht + 0.5f, sg);                    /* g(h~) */
+    o.dg = pick(ht >= 0.0f, splat(1.0f), sg * (1.0f - sg));   /* g'(h~) */
+    if (!m->lstm) {
+        o.s1 = sigmoid_v(load_n(g + j, n));                    /* z */
+        o.a = 1.0f - o.s1;
+        o.b = o.s1 * o.gt;
+    } else {
+        o.s1 = sigmoid_v(load_n(g + j, n));                    /* f */
+        o.s2 = sigmoid_v(load_n(g + H + j, n));                /* i */
+        v16 sum = o.s1 + o.s2;
+        o.a = o.s1 / sum;
+        o.b = o.s2 / sum * o.gt;
+    }
+    return o;
+}
+
+static void min_forward_row(const Team *tm, int b)
+{
+    const MinJob *m = tm->ctx;
+    const int H = m->H, GH = (m->lstm ? 3 : 2) * H;
+    for (int j = 0; j < H; j += LANES) {
+        int n = H - j;
+        v16 h = load_n(m->h0 + (int64_t)b * H + j, n);
+        for (int t = 0; t < m->T; t++) {
+            int64_t bt = (int64_t)b * m->T + t;
+            MinStep s = min_step(m, m->gates + bt * GH, j, n);
+            h = s.a * h + s.b;                                 /* (16,) h_t */
+            store_n(m->h + bt * H + j, h, n);
+        }
+    }
+}
+
+static void min_backward_row(const Team *tm, int b)
+{
+    const MinJob *m = tm->ctx;
+    const int H = m->H, GH = (m->lstm ? 3 : 2) * H;
+    for (int j = 0; j < H; j += LANES) {
+        int n = H - j;
+        v16 carry = splat(0.0f);                               /* a_{t+1} dL/dh_{t+1} */
+        for (int t = m->T - 1; t >= 0; t--) {
+            int64_t bt = (int64_t)b * m->T + t;
+            MinStep s = min_step(m, m->gates + bt * GH, j, n);
+            v16 d = load_n(m->dh + bt * H + j, n) + carry;     /* dL/dh_t */
+            v16 prev = t ? load_n(m->h + (bt - 1) * H + j, n)
+                         : load_n(m->h0 + (int64_t)b * H + j, n);
+            v16 da = d * prev;                                 /* dL/da_t; dL/db_t = d */
+            float *dg = m->dgates + bt * GH;
+            if (!m->lstm) {                                    /* a = 1 - z, b = z g */
+                v16 z = s.s1;
+                store_n(dg + j, (d * s.gt - da) * z * (1.0f - z), n);
+                store_n(dg + H + j, d * z * s.dg, n);
+            } else {                                           /* a = f/(f+i), b = i/(f+i) g */
+                v16 f = s.s1, i = s.s2, sum = f + i, sum2 = sum * sum;
+                v16 dip = d * s.gt;                            /* dL/d(i/(f+i)) */
+                store_n(dg + j, (da - dip) * i / sum2 * f * (1.0f - f), n);
+                store_n(dg + H + j, (dip - da) * f / sum2 * i * (1.0f - i), n);
+                store_n(dg + 2 * H + j, d * (i / sum) * s.dg, n);
+            }
+            carry = s.a * d;
+        }
+        store_n(m->dh0 + (int64_t)b * H + j, carry, n);
+    }
+}
+
+static int min_run(MinJob *m, void (*job)(const Team *, int), int threads)
+{
+    Team tm; pthread_t thread;
+    if (team_start_job(&tm, &thread, m->B, threads, job, m, 0) < 0) return -1;
+    team_run(&tm, 1);
+    team_stop(&tm, thread);
+    return 0;
+}
+
+/* h (B, T, H) from the gates' pre-activations (B, T, G H) and h0 (B, H); lstm: minLSTM. */
+int min_forward(int lstm, int B, int T, int H, const float *gates, const float *h0, float *h,
+                int threads)
+{
+    MinJob m = {lstm, B, T, H, gates, h0, h, NULL, NULL, NULL};
+    return min_run(&m, min_forward_row, threads);
+}
+
+/* dgates (B, T, G H) and dh0 (B, H) from dh (B, T, H), given the forward's gates, h0, h. */
+int min_backward(int lstm, int B, int T, int H, const float *gates, const float *h0,
+                 const float *h, const float *dh, float *dgates, float *dh0, int threads)
+{
+    MinJob m = {lstm, B, T, H, gates, h0, (float *)h, dh, dgates, dh0};
+    return min_run(&m, min_backward_row, threads);
+}

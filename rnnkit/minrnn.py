@@ -17,9 +17,11 @@ step: the reference the others are tested against, and what evaluation, generati
 the ONNX graph run.
 
 Training computes every gate of a window in one matrix product, then the recurrence: on a GPU by
-the scan, parallel over time; on a CPU by `linear_recurrence`, T in-place steps each as wide as
-the batch with a hand-derived backward, which measured 3× faster here than the scan's log, exp
-and logcumsumexp passes (see README "Recurrences of today").
+the scan, parallel over time; on a CPU by fasttrain.c (`CompiledLinear` for the products,
+`CompiledMinRecurrence` for coefficients, recurrence and gradient in one pass a row), else by
+`linear_recurrence`, T in-place steps each as wide as the batch with a hand-derived backward —
+each measured faster here than the scan's log, exp and logcumsumexp passes (see README
+"Recurrences of today").
 
 The language model around the cells follows the paper's language-modelling setup as
 lucidrains/minGRU-pytorch (`minLM.py`) writes it: token embedding, then per layer a pre-norm
@@ -33,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fastloop
 from .models import LanguageModel
 
 GATES = {"mingru": ("z",), "minlstm": ("f", "i")}    # what the lab shows beside h
@@ -83,6 +86,61 @@ class LinearRecurrence(torch.autograd.Function):
         torch.mul(dh[1:], h[:-1], out=da[1:])
         torch.mul(dh[0], h0, out=da[0])
         return da.transpose(0, 1), dh.transpose(0, 1), dh[0] * a[0]
+
+
+class CompiledMinRecurrence(torch.autograd.Function):
+    """A window of minGRU (or minLSTM) from the gates' pre-activations (B, T, G·H) and h0 (B, H)
+    to every state (B, T, H), coefficients and recurrence fused in fasttrain.c, and their
+    gradient; a row of the batch a thread. Tested against `MinCell.sequential`."""
+
+    @staticmethod
+    def forward(ctx, gates: torch.Tensor, h0: torch.Tensor, lstm: bool) -> torch.Tensor:
+        h = fastloop.min_forward(lstm, gates, h0)                         # (B, T, H)
+        ctx.save_for_backward(gates, h0, h)
+        ctx.lstm = lstm
+        return h
+
+    @staticmethod
+    def backward(ctx, dh: torch.Tensor):
+        gates, h0, h = ctx.saved_tensors
+        dgates, dh0 = fastloop.min_backward(ctx.lstm, gates, h0, h, dh)
+        return dgates, dh0, None
+
+
+class CompiledLinear(torch.autograd.Function):
+    """x Wᵀ + b of an `nn.Linear` over (…, in) → (…, out), its three products in fasttrain.c
+    (twice MKL's speed at a window's shapes here)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1]).contiguous()                    # (M, in)
+        y = fastloop.gemm_rows(flat, fastloop.pack_panels(W.t()), W.shape[0],
+                               None if b is None else b.detach())
+        ctx.save_for_backward(flat, W)
+        ctx.shape, ctx.bias = x.shape, b is not None
+        return y.reshape(*x.shape[:-1], W.shape[0])                       # (…, out)
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        flat, W = ctx.saved_tensors
+        dflat = dy.reshape(-1, W.shape[0]).contiguous()                   # (M, out)
+        dx = fastloop.gemm_rows(dflat, fastloop.pack_panels(W), W.shape[1]).reshape(ctx.shape)
+        db = dflat.sum(0) if ctx.bias else None
+        return dx, fastloop.gemm_xty(dflat, flat), db                    # dW = dyᵀ x
+
+
+def compiled_training(x: torch.Tensor) -> bool:
+    """Whether x's products run in fasttrain.c: fp32 on the CPU, with gradients, and built.
+    Training then keeps torch on one thread (`perf.training_threads`)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and torch.is_grad_enabled()
+            and fastloop.library() is not None)
+
+
+def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """layer(x), an `nn.Linear` through `CompiledLinear` while training on the CPU."""
+    if isinstance(layer, nn.Linear) and compiled_training(x):
+        return CompiledLinear.apply(x, layer.weight, layer.bias)
+    return layer(x)
 
 
 def linear_recurrence(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
@@ -138,6 +196,9 @@ class MinCell(nn.Module):
         """The same states (B, T, H) the fastest way for the device (module docstring)."""
         if x.is_cuda:
             return self.scan(x, h)
+        if compiled_training(x):
+            gates = linear(self.to_gates, x)                              # (B, T, G·H)
+            return CompiledMinRecurrence.apply(gates, h.float(), self.kind == "minlstm")
         return linear_recurrence(*self.coefficients(x), h)
 
     def gates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -153,7 +214,7 @@ class MLP(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.down(F.gelu(self.up(x))))
+        return self.drop(linear(self.down, F.gelu(linear(self.up, x))))
 
 
 class MinBlock(nn.Module):
@@ -170,7 +231,7 @@ class MinBlock(nn.Module):
         """x (B, T, dim), h (B, H) → x (B, T, dim), every step's state (B, T, H)."""
         u = self.norm1(x)
         states = self.cell.train_states(u, h) if training else self.cell.sequential(u, h)
-        x = x + self.drop(self.cell.out(states.to(x.dtype)))             # (B, T, dim)
+        x = x + self.drop(linear(self.cell.out, states.to(x.dtype)))     # (B, T, dim)
         return x + self.mlp(self.norm2(x)), states
 
 
@@ -204,7 +265,7 @@ class MinRNN(LanguageModel):
         for block, h in zip(self.blocks, state[0]):
             x, states = block(x, h, training)                             # (B, T, dim)
             last.append(states[:, -1])                                    # (B, H)
-        logits = self.linear(self.norm(x))                                # (B, T, V)
+        logits = linear(self.linear, self.norm(x))                        # (B, T, V)
         return logits.transpose(0, 1), (torch.stack(last),)               # (T, B, V)
 
     @torch.no_grad()

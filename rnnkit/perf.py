@@ -38,10 +38,15 @@ def threads_for(rows: int) -> int:
     return 1 if rows <= SMALL_ROWS else torch.get_num_threads()
 
 
-def training_threads(impl: str) -> int:
-    """Torch threads for training: all, except under `--impl compiled`, whose GEMMs run on
-    fastloop.c's own two threads: torch's OpenMP workers spin-wait after each of its ops and
-    take the core those need (a chapter batch 16.4 ms with two torch threads, 12.8 with one,
-    10.9 with OMP_WAIT_POLICY=PASSIVE, measured)."""
+def training_threads(impl: str, cell: str = "rnn") -> int:
+    """Torch threads for training: all, except where fastloop.c's own two threads run the
+    products — `--impl compiled`, and minGRU/minLSTM on the CPU (`minrnn.compiled_training`):
+    torch's OpenMP workers spin-wait after each of its ops and take the core those need (a
+    chapter batch 16.4 ms with two torch threads, 12.8 with one, 10.9 with
+    OMP_WAIT_POLICY=PASSIVE; a minGRU-256 layer 189k tokens/s with two, 338k with one)."""
     import torch
-    return 1 if impl == "compiled" else torch.get_num_threads()
+
+    from . import fastloop
+    if impl == "compiled" or (cell in ("mingru", "minlstm") and fastloop.library() is not None):
+        return 1
+    return torch.get_num_threads()

@@ -142,3 +142,12 @@ def test_compiled_is_for_the_rnn_and_says_so(flags, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
     assert "--impl compiled is for --cell rnn in fp32 or bf16 on the CPU" in err
+
+
+def test_training_keeps_torch_on_one_thread_where_fastloop_runs_the_products():
+    compiled = fastloop.library() is not None
+    for impl, cell in (("compiled", "rnn"), ("torch", "mingru"), ("torch", "minlstm")):
+        assert perf.training_threads(impl, cell) == (1 if compiled or impl == "compiled"
+                                                     else torch.get_num_threads())
+    for impl, cell in (("bptt", "rnn"), ("torch", "lstm"), ("torch", "transformer")):
+        assert perf.training_threads(impl, cell) == torch.get_num_threads()

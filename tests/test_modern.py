@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from rnnkit import Run, TrainConfig
+from rnnkit import Run, TrainConfig, fastloop
 from rnnkit.cli import main
 from rnnkit.generate import beam_search, generate_ids
-from rnnkit.minrnn import MinCell, MinRNN, linear_recurrence
+from rnnkit.minrnn import CompiledLinear, MinCell, MinRNN, linear_recurrence
 from rnnkit.train import evaluate
 from rnnkit.transformer import Transformer, sliding_logits, windowed_logits
 
@@ -40,6 +41,46 @@ def test_scan_recurrence_and_steps_give_the_same_states(kind):
     assert torch.allclose(cell.scan(x, h0), reference, atol=1e-5, rtol=1e-5)
     assert torch.allclose(linear_recurrence(*cell.coefficients(x), h0), reference, atol=1e-5,
                           rtol=1e-5)
+
+
+@pytest.mark.skipif(fastloop.library() is None, reason=fastloop.status())
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("B,T,H", [(3, 128, 24), (2, 1, 40), (5, 33, 16)])
+def test_compiled_window_equals_the_steps_with_their_gradients(kind, B, T, H, monkeypatch):
+    """fasttrain.c's fused recurrence and linear layers (what CPU training runs) against
+    `sequential` through autograd: states, and the gradients of x, h0 and the gate weights
+    (H not a multiple of 16: vector tails; one step). One and two threads: the same bits."""
+    torch.manual_seed(2)
+    cell = MinCell(kind, 16, H)
+    x = (torch.randn(B, T, 16) * 3).requires_grad_()
+    h0 = torch.rand(B, H).requires_grad_()
+    dh = torch.randn(B, T, H)
+    wrt = [x, h0, *cell.to_gates.parameters()]
+    reference = cell.sequential(x, h0)
+    expected = torch.autograd.grad(reference, wrt, dh)
+    runs = []
+    for threads in ("1", "2"):
+        monkeypatch.setenv("RNNKIT_FASTLOOP_THREADS", threads)
+        states = cell.train_states(x, h0)
+        runs.append([states, *torch.autograd.grad(states, wrt, dh)])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    assert torch.allclose(runs[0][0], reference, atol=1e-5, rtol=1e-5)
+    for got, want in zip(runs[0][1:], expected):
+        assert (got - want).norm() / want.norm() < 1e-5
+
+
+@pytest.mark.skipif(fastloop.library() is None, reason=fastloop.status())
+@pytest.mark.parametrize("bias", [True, False])
+def test_compiled_linear_is_nn_linear(bias):
+    torch.manual_seed(3)
+    layer = nn.Linear(40, 72, bias=bias)
+    x = torch.randn(3, 37, 40, requires_grad=True)
+    dy = torch.randn(3, 37, 72)
+    got = CompiledLinear.apply(x, layer.weight, layer.bias)
+    assert torch.allclose(got, layer(x), atol=1e-5)
+    wrt = [x, *layer.parameters()]
+    for a, b in zip(torch.autograd.grad(got, wrt, dy), torch.autograd.grad(layer(x), wrt, dy)):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -186,7 +186,7 @@ class Run:
     def _train(self, config: TrainConfig, team: Team, *, force: bool, json_lines: bool,
                checkpoint_every: float, stdout) -> dict:
         threads = torch.get_num_threads()
-        torch.set_num_threads(training_threads(config.impl))
+        torch.set_num_threads(training_threads(config.impl, config.cell))
         try:
             return self._train_on(config, team, force=force, json_lines=json_lines,
                                   checkpoint_every=checkpoint_every, stdout=stdout)
