@@ -157,6 +157,32 @@ def test_a_signal_saves_a_checkpoint_and_resume_finishes_the_same_run(
     assert all(torch.equal(ref[k], v) for k, v in _weights(out).items())
 
 
+def test_a_signal_after_an_epochs_last_batch_resumes_the_same_run(tmp_path, monkeypatch):
+    """The checkpoint then says every batch of the epoch is done, its end not yet reached (a
+    race the signal tests above hit now and then): resume runs that end and goes on."""
+    from rnnkit.run import loop, policies
+    assert main(["train", *RUN, "--epochs", "4", "--out", str(tmp_path / "ref")]) == 0
+    lengths, real_batches, real_after = {}, loop.epoch_batches, policies.Stopping.after_step
+
+    def batches(t, epoch):
+        lengths[epoch] = len(out := real_batches(t, epoch))
+        return out
+
+    def after_step(self, state, team, cadence):
+        if state.epoch == 1 and state.batch == lengths[1]:
+            self.signum = signal.SIGTERM                     # as the handler would set it
+        return real_after(self, state, team, cadence)
+    monkeypatch.setattr(loop, "epoch_batches", batches)
+    monkeypatch.setattr(policies.Stopping, "after_step", after_step)
+    assert main(["train", *RUN, "--epochs", "4", "--out", str(tmp_path / "run")]) == 143
+    monkeypatch.undo()
+    assert main(["train", *RUN, "--epochs", "4", "--resume", "--out",
+                 str(tmp_path / "run")]) == 0
+    assert _metrics(tmp_path / "run") == _metrics(tmp_path / "ref")
+    ref = _weights(tmp_path / "ref")
+    assert all(torch.equal(ref[k], v) for k, v in _weights(tmp_path / "run").items())
+
+
 def test_sigkill_mid_run_then_resume_ends_with_the_same_weights(reference_run, tmp_path):
     out = tmp_path / "run"
     args = [*RUN, "--epochs", "40", "--out", str(out), "--checkpoint-every", "0.003"]

@@ -347,9 +347,13 @@ def test_several_processes_stop_together_on_sigterm_and_resume(tmp_path):
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     args = [*TINY, "--batch-size", "8", "--epochs", "300", "--nproc", "2"]
+    # torch.optim imports torch._dynamo, which makes its cache folder under TMPDIR unless
+    # TORCHINDUCTOR_CACHE_DIR says where — and torch sets that in this process once any earlier
+    # test made an optimizer, so the test passed in the suite and failed alone
+    env = {**os.environ, "TMPDIR": str(tmp),
+           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "torchinductor")}
     proc = subprocess.Popen([sys.executable, "-m", "rnnkit", "train", *args, "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "TMPDIR": str(tmp)})
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     _wait_for_epochs(out, 2, proc, timeout=120)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)

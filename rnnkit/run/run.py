@@ -264,7 +264,9 @@ def _resumed(t: Training, rundir: RunDirectory) -> tuple[RunState, Checkpointer]
     team, path = t.team, rundir.out / "model.safetensors"
     full = [tuple(s.shape) for s in t.model.begin_state(t.config.batch_size, "meta")]
     state = load_state(path, t.model, t.optimizer, full)
-    if state.epoch < t.config.epochs and state.batch >= len(epoch_batches(t, state.epoch)):
+    # batch == the epoch's batches: a stop after its last batch, before its end (evaluation,
+    # report) ran; resume runs that end. Beyond it the state is not this run's.
+    if state.epoch < t.config.epochs and state.batch > len(epoch_batches(t, state.epoch)):
         raise RnnkitError(f"{path}: its training state (batch {state.batch} of epoch "
                           f"{state.epoch + 1}) does not fit the run")
     carried = state.carried and tuple(s.to(team.device) for s in state.carried)
