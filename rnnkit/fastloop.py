@@ -122,15 +122,18 @@ def _load() -> None:
 
 
 def threads() -> int:
-    """Threads for one stream's step: two where two cores are ours (RNNKIT_FASTLOOP_THREADS
-    overrides). Safe on a busy machine: the caller does any panel the helper has not claimed."""
+    """Threads for a team: two where two cores are ours — shared by the processes of a
+    `--nproc` run (RNNKIT_FASTLOOP_THREADS overrides). Safe on a busy machine: the caller does
+    any panel the helper has not claimed."""
     wanted = os.environ.get("RNNKIT_FASTLOOP_THREADS", "")
     if wanted.isdigit():
         return max(1, int(wanted))
     try:
-        return min(2, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:
-        return min(2, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    ranks = os.environ.get("LOCAL_WORLD_SIZE", "1")     # processes of a `--nproc` run here
+    return max(1, min(2, cores // max(1, int(ranks) if ranks.isdigit() else 1)))
 
 
 def status() -> str:

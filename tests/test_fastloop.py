@@ -204,3 +204,19 @@ def test_threads_asking_at_once_all_get_the_one_library(tmp_path):
     want = "compiled" if fastloop.library() is not None else "numpy"
     assert out[:2] == ["8", "1"] and out[2] == want
     assert len(list(tmp_path.glob("fastloop-*.so"))) == (want == "compiled")
+
+
+def test_the_processes_of_a_run_share_the_cores_between_their_teams(monkeypatch):
+    monkeypatch.delenv("RNNKIT_FASTLOOP_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)))
+    assert fastloop.threads() == 2                                  # never more than two
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert fastloop.threads() == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")                     # --nproc 4 on 4 cores
+    assert fastloop.threads() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert fastloop.threads() == 1
+    monkeypatch.setenv("RNNKIT_FASTLOOP_THREADS", "2")              # said outright
+    assert fastloop.threads() == 2
