@@ -2,7 +2,8 @@
  *   rnn_greedy, rnn_trace  the chapter's H_t = tanh(X_t W_xh + b_h + H_{t-1} W_hh) for one
  *                          stream, greedy O_t = H_t W_hq + b_q, on one or two threads;
  *   gated_trace            an LSTM or GRU layer read along a text (the lab);
- *   kn_rows                the n-gram mixture's Kneser-Ney distributions, bitwise numpy's.
+ *   kn_rows, kn_mix        the n-gram mixture's Kneser-Ney distributions, bitwise numpy's,
+ *                          and a generation step's mixing.
  * The readable references are `generate.rnn_step_numpy`, `ScratchStepper.greedy_numpy`,
  * `lab.trace`'s loop and `KneserNey.rows_probs_numpy`; `fastloop.py` builds this file and
  * fasttrain.c with the machine's C compiler and the tests hold each to its reference. Why it
@@ -219,6 +220,45 @@ static int64_t lower_bound(const int64_t *a, int64_t n, int64_t key)
     return lo;
 }
 
+/* One row of kn_rows: p (V) for history h (L ids), and its top context's count. */
+static void kn_row(const int64_t *h, int L, int64_t V, int n_tables,
+                   const int64_t *const *contexts, const int64_t *n_contexts,
+                   const int64_t *const *starts, const double *const *backoff,
+                   const int64_t *top_totals, const int64_t *tokens, const double *shares,
+                   double *pr, int64_t *top)
+{
+    int64_t key = 0, place = 1, lo[MAX_TABLES], hi[MAX_TABLES];
+    double b[MAX_TABLES];
+    int seen = 0;
+    *top = 0;
+    for (int k = 0; k < n_tables; k++) {                     /* contexts of k ids, growing */
+        if (k) {
+            if (h[L - k] < 0) break;                           /* before the text */
+            key += h[L - k] * place;
+            place *= V;
+        }
+        int64_t n = n_contexts[k];
+        if (n == 0) break;
+        int64_t j = lower_bound(contexts[k], n, key);
+        if (j == n) j = n - 1;
+        if (contexts[k][j] != key) break;       /* unseen: so is every longer context */
+        lo[seen] = starts[k][j], hi[seen] = starts[k][j + 1], b[seen] = backoff[k][j];
+        seen++;
+        if (k == n_tables - 1) *top = top_totals[j];
+    }
+    double scale = 1.0;
+    for (int64_t v = 0; v < V; v++) pr[v] = 0.0;
+    for (int i = seen - 1; i >= 0; i--) {                     /* the longest context first */
+        for (int64_t q = lo[i]; q < hi[i]; q++) {
+            volatile double term = shares[q] * scale;         /* rounded, as numpy's product */
+            pr[tokens[q]] += term;
+        }
+        scale *= b[i];
+    }
+    double uniform = scale / (double)V;
+    for (int64_t v = 0; v < V; v++) pr[v] += uniform;
+}
+
 int kn_rows(int R, int L, const int64_t *history, int64_t V, int n_tables,
             const int64_t *const *contexts, const int64_t *n_contexts,
             const int64_t *const *starts, const double *const *backoff,
@@ -226,38 +266,39 @@ int kn_rows(int R, int L, const int64_t *history, int64_t V, int n_tables,
             double *p, int64_t *top)
 {
     if (n_tables > MAX_TABLES || n_tables - 1 > L) return -1;
+    for (int r = 0; r < R; r++)
+        kn_row(history + (int64_t)r * L, L, V, n_tables, contexts, n_contexts, starts, backoff,
+               top_totals, tokens, shares, p + (int64_t)r * V, top + r);
+    return 0;
+}
+
+/* A generation step of the mixture (`MixtureStepper`) in one call: each history row (R, L)
+ * shifted left and ids[r] appended (in place), its Kneser-Ney row, lambda = weights[min(
+ * floor(log2(1 + top count)), n_weights - 1)], and out (R, V) = lambda p_net + (1 - lambda)
+ * p_kn, every product and sum rounded as numpy's `lam * p_net + (1 - lam) * p_kn` rounds it. */
+int kn_mix(int R, int L, int64_t *history, const int64_t *ids, int64_t V, int n_tables,
+           const int64_t *const *contexts, const int64_t *n_contexts,
+           const int64_t *const *starts, const double *const *backoff,
+           const int64_t *top_totals, const int64_t *tokens, const double *shares,
+           int n_weights, const double *weights, const double *p_net, double *out)
+{
+    if (n_tables > MAX_TABLES || n_tables - 1 > L) return -1;
     for (int r = 0; r < R; r++) {
-        const int64_t *h = history + (int64_t)r * L;
-        int64_t key = 0, place = 1, lo[MAX_TABLES], hi[MAX_TABLES];
-        double b[MAX_TABLES];
-        int seen = 0;
-        top[r] = 0;
-        for (int k = 0; k < n_tables; k++) {                 /* contexts of k ids, growing */
-            if (k) {
-                if (h[L - k] < 0) break;                       /* before the text */
-                key += h[L - k] * place;
-                place *= V;
-            }
-            int64_t n = n_contexts[k];
-            if (n == 0) break;
-            int64_t j = lower_bound(contexts[k], n, key);
-            if (j == n) j = n - 1;
-            if (contexts[k][j] != key) break;   /* unseen: so is every longer context */
-            lo[seen] = starts[k][j], hi[seen] = starts[k][j + 1], b[seen] = backoff[k][j];
-            seen++;
-            if (k == n_tables - 1) top[r] = top_totals[j];
+        int64_t *h = history + (int64_t)r * L, top;
+        double *pr = out + (int64_t)r * V;
+        const double *pn = p_net + (int64_t)r * V;
+        if (L > 0) {                                           /* a unigram model: none */
+            memmove(h, h + 1, sizeof(int64_t) * (size_t)(L - 1));
+            h[L - 1] = ids[r];
         }
-        double *pr = p + (int64_t)r * V, scale = 1.0;
-        for (int64_t v = 0; v < V; v++) pr[v] = 0.0;
-        for (int i = seen - 1; i >= 0; i--) {                 /* the longest context first */
-            for (int64_t q = lo[i]; q < hi[i]; q++) {
-                volatile double term = shares[q] * scale;     /* rounded, as numpy's product */
-                pr[tokens[q]] += term;
-            }
-            scale *= b[i];
+        kn_row(h, L, V, n_tables, contexts, n_contexts, starts, backoff, top_totals, tokens,
+               shares, pr, &top);
+        int bucket = 63 - __builtin_clzll((unsigned long long)top + 1);   /* floor(log2(1+c)) */
+        double lam = weights[bucket < n_weights - 1 ? bucket : n_weights - 1], rest = 1.0 - lam;
+        for (int64_t v = 0; v < V; v++) {
+            volatile double net = lam * pn[v], counts = rest * pr[v];   /* never fused */
+            pr[v] = net + counts;
         }
-        double uniform = scale / (double)V;
-        for (int64_t v = 0; v < V; v++) pr[v] += uniform;
     }
     return 0;
 }

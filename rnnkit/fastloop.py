@@ -104,6 +104,9 @@ def _load() -> None:
     lib.rnn_greedy.argtypes = [i, ptr, i, i, i, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i]
     lib.kn_rows.argtypes = [i, i, ptr, ctypes.c_int64, i, ptr, ptr, ptr, ptr, ptr, ptr, ptr,
                             ptr, ptr]
+    lib.kn_mix.argtypes = [i, i, ptr, ptr, ctypes.c_int64, i, ptr, ptr, ptr, ptr, ptr, ptr,
+                           ptr, i, ptr, ptr, ptr]
+    lib.kn_mix.restype = i
     lib.gated_trace.argtypes = [i, i, i, ptr, ptr, ptr, ptr, ptr]
     lib.rnn_trace.restype = lib.rnn_greedy.restype = lib.kn_rows.restype = i
     lib.gated_trace.restype = i
@@ -278,6 +281,20 @@ class CountLookup:
         _check(library().kn_rows(R, L, _address(history), self.V, self.order + 1, *self.tables,
                                  _address(p), _address(top)))
         return p, top
+
+    def mix(self, history: np.ndarray, ids: np.ndarray, p_net: np.ndarray, weights: np.ndarray
+            ) -> np.ndarray:
+        """A generation step: history (R, L) int64 shifted in place with ids (R,) appended,
+        then λ p_net + (1 − λ) p_kn (R, V) — `MixtureStepper`'s numpy arithmetic, bitwise."""
+        assert history.dtype == np.int64 and history.flags.c_contiguous
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        p_net, weights = np.ascontiguousarray(p_net), np.ascontiguousarray(weights)
+        R, L = history.shape
+        out = np.empty((R, self.V))
+        _check(library().kn_mix(R, L, _address(history), _address(ids), self.V, self.order + 1,
+                                *self.tables, len(weights), _address(weights), _address(p_net),
+                                _address(out)))
+        return out
 
 
 def pack_panels(W: torch.Tensor) -> torch.Tensor:

@@ -475,11 +475,15 @@ class MixtureStepper:
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         logits = self.step(ids)                                           # (N, V)
-        self.history = np.concatenate([self.history[:, 1:], ids.cpu().numpy()[:, None]], 1)
-        p_kn, lam = self.mixture.counted(self.history)                    # (N, V), (N, 1)
         p_net = torch.softmax(logits.detach().cpu().double(), -1).numpy()  # (N, V)
-        mixed = np.log(lam * p_net + (1 - lam) * p_kn)                    # (N, V)
-        return torch.from_numpy(mixed).float().to(logits.device)
+        lookup, new = self.mixture.ngram.compiled_lookup(), ids.cpu().numpy()
+        if lookup is not None and len(new) <= CACHED_ROWS_AT_ONCE:       # as `counted` decides
+            mixed = lookup.mix(self.history, new, p_net, self.mixture.weights)  # the lines below
+        else:
+            self.history = np.concatenate([self.history[:, 1:], new[:, None]], 1)
+            p_kn, lam = self.mixture.counted(self.history)                # (N, V), (N, 1)
+            mixed = lam * p_net + (1 - lam) * p_kn                        # (N, V)
+        return torch.from_numpy(np.log(mixed)).float().to(logits.device)
 
     def reorder(self, rows: torch.Tensor) -> None:
         self.step.reorder(rows)

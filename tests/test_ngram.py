@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from rnnkit import checkpoint as ckpt
+from rnnkit import fastloop
 from rnnkit.cli import main
 from rnnkit.config import TrainConfig
 from rnnkit.models import build_model
@@ -356,3 +357,27 @@ def test_generation_with_the_cached_counts_is_exactly_the_uncached_mixture(monke
                                         temperature=1.0, seed=1), sampled)
         assert beam_search(mixture, ids[:5].tolist(), 20, beam=4) == beams
     assert mixture._cache                                     # numpy's lookups were cached
+
+
+@pytest.mark.skipif(fastloop.library() is None, reason=fastloop.status())
+@pytest.mark.parametrize("order", [0, 1, 3, 6])
+def test_a_compiled_mixing_step_is_the_numpy_step_bitwise(order):
+    """`CountLookup.mix` (history shift, counts, λ bucket, the mix in one call) against the
+    numpy lines of `MixtureStepper` it stands for: the same history and the same bits."""
+    V, rng = 9, np.random.default_rng(4)
+    train = _ids(3000, V)
+    raw, cont = count_tables(train, V, order)
+    kn = KneserNey(cont[:order] + [raw[order]])
+    history = np.r_[_histories(_ids(50, V, seed=1), order),
+                    rng.integers(0, V, (10, order))].astype(np.int64)
+    history[-4:, :1] = -1                                      # before the text
+    ids = rng.integers(0, V, len(history))
+    p_net = rng.dirichlet(np.ones(V), len(history))
+    weights = rng.uniform(0, 1, BUCKETS)
+    shifted = np.concatenate([history[:, 1:], ids[:, None]], 1)
+    p_kn, top = kn.rows_probs_numpy(shifted)
+    lam = weights[np.minimum(np.log2(1 + top).astype(np.int64), BUCKETS - 1)][:, None]
+    got = history.copy()
+    mixed = kn.compiled_lookup().mix(got, ids, p_net, weights)
+    assert np.array_equal(got, shifted) or order == 0        # a unigram model keeps none
+    assert np.array_equal(mixed, lam * p_net + (1 - lam) * p_kn)
