@@ -1,4 +1,4 @@
-"""`--impl compiled`: the chapter's RNN trained with each step's GEMM in fastloop.c, held to the
+"""`--impl compiled`: the chapter's RNN trained with every product in fasttrain.c, held to the
 hand-derived BPTT (`bptt.RNNRecurrence`) and the book's autograd loop."""
 import json
 import os
@@ -7,27 +7,19 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from rnnkit import fastloop, perf
 from rnnkit.cli import main
-from rnnkit.models import RNNScratch
+
+from test_bptt import _grads
 
 needs_compiler = pytest.mark.skipif(fastloop.library() is None, reason=fastloop.status())
 
 
-def _run(impl, X, Y, h0, H, w_scale=5, precision="fp32"):
-    m = RNNScratch(28, H, impl=impl, precision=precision,
-                   generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():                      # larger weights so tanh is not linear
-        m.W_hh.mul_(w_scale)
-        m.W_xh.mul_(50)
-    h = h0.clone().requires_grad_(True)
-    out, (hT,) = m(X, (h,))
-    loss = F.cross_entropy(out.reshape(-1, 28), Y.T.reshape(-1)) + hT.square().mean()
-    loss.backward()
-    return out, {n: p.grad for n, p in m.named_parameters()} | {"h0": h.grad}
+def _run(impl, X, Y, h0, H, precision="fp32"):
+    """test_bptt's outputs and gradients of one step, with a contracting W_hh (as trained)."""
+    return _grads(impl, X, Y, h0, precision=precision, H=H, w_scale=5)
 
 
 @needs_compiler
