@@ -413,13 +413,70 @@ static void xty_tile(const Team *tm, int i)
     }
 }
 
+#define KBLOCK 256                   /* rows of x and Y a chunk's panels take at a time */
+
+/* acc[r] += x[k, r0 + r] Y[k] for k in [k0, k1), across the segments x1 and x2. */
+static inline __attribute__((always_inline)) void
+xty_block(const XtY *g, int r0, int k0, int k1, const float *w, int R, v16 acc[8][2])
+{
+    if (k0 < g->K1) {
+        int e = k1 < g->K1 ? k1 : g->K1;
+        cols_panel(g->x1 + k0 * g->ldx + r0, g->ldx, e - k0, w + (int64_t)k0 * TP, R, acc);
+        k0 = e;
+    }
+    if (k0 < k1)
+        cols_panel(g->x2 + (k0 - g->K1) * g->ldx + r0, g->ldx, k1 - k0, w + (int64_t)k0 * TP,
+                   R, acc);
+}
+
+/* fp32, a job: rows [64c, 64c + 64) of out for every panel, K in blocks of KBLOCK, so that x's
+ * block stays in cache while every panel uses it (one tile a panel read x from memory once a
+ * panel: 19 MB x 12 panels for a minLSTM-384 window's dW, measured 19.5 ms against 8 for the
+ * forward product). Each sum still runs in k order: the same bits as without blocks. */
+static void xty_chunk(const XtY *g, int c)
+{
+    const int K = g->K1 + g->K2, P = (g->N + TP - 1) / TP;
+    const int r_begin = c * CHUNK, r_end = r_begin + CHUNK < g->M ? r_begin + CHUNK : g->M;
+    v16 acc[8][2];
+    for (int k0 = 0; k0 < K; k0 += KBLOCK) {
+        const int k1 = k0 + KBLOCK < K ? k0 + KBLOCK : K;
+        for (int p = 0; p < P; p++) {
+            const float *w = g->packed + (int64_t)p * K * TP;
+            const int c0 = p * TP, n = g->N - c0 < TP ? g->N - c0 : TP;
+            for (int r0 = r_begin; r0 < r_end; r0 += 8) {
+                const int R = r_end - r0 < 8 ? r_end - r0 : 8;
+                for (int r = 0; r < R; r++)
+                    for (int j = 0; j < 2; j++)
+                        acc[r][j] = k0 == 0 || j * LANES >= n ? splat(0.0f)
+                            : load_n(g->out + (int64_t)(r0 + r) * g->N + c0 + j * LANES,
+                                     n - j * LANES);
+                switch (R) {
+                case 8: xty_block(g, r0, k0, k1, w, 8, acc); break;
+                case 7: xty_block(g, r0, k0, k1, w, 7, acc); break;
+                case 6: xty_block(g, r0, k0, k1, w, 6, acc); break;
+                case 5: xty_block(g, r0, k0, k1, w, 5, acc); break;
+                case 4: xty_block(g, r0, k0, k1, w, 4, acc); break;
+                case 3: xty_block(g, r0, k0, k1, w, 3, acc); break;
+                case 2: xty_block(g, r0, k0, k1, w, 2, acc); break;
+                default: xty_block(g, r0, k0, k1, w, 1, acc); break;
+                }
+                for (int r = 0; r < R; r++)
+                    for (int j = 0; j < 2 && j * LANES < n; j++)
+                        store_n(g->out + (int64_t)(r0 + r) * g->N + c0 + j * LANES, acc[r][j],
+                                n - j * LANES);
+            }
+        }
+    }
+}
+
 /* A job of gemm_xty's team: step 1 packs (Y's panels; in bf16 x's pairs too), step 2 runs
- * the tiles. */
+ * the chunks (bf16: the tiles). */
 static void xty_job(const Team *tm, int i)
 {
     const XtY *g = tm->ctx;
     if (__atomic_load_n(&tm->step, __ATOMIC_ACQUIRE) == 2) {
-        if (i < g->chunks * ((g->N + TP - 1) / TP)) xty_tile(tm, i);
+        if (g->xb && i < g->chunks * ((g->N + TP - 1) / TP)) xty_tile(tm, i);
+        else if (!g->xb && i < g->chunks) xty_chunk(g, i);
     } else if (g->xb) {
         xty_pack_bf16(g, i);
     } else if (i * TP < g->N) {
@@ -438,14 +495,15 @@ int gemm_xty(int M, int N, int K1, int K2, const float *x1, const float *x2, int
     const int P = (N + TP - 1) / TP, K = K1 + K2, Kp = (K + 1) / 2;
     const int chunks = (M + CHUNK - 1) / CHUNK, xchunks = (Kp + CHUNK - 1) / CHUNK;
     XtY g = {M, N, K1, K2, chunks, x1, x2 ? x2 : x1, ldx, Y, NULL, out, NULL, NULL};
-    int jobs = chunks * P;
+    int jobs;
     if (bf16 && !has_bf16()) return -1;
     if (bf16) {
         g.Yb = malloc(sizeof(uint32_t) * (size_t)P * Kp * TP);
         g.xb = malloc(sizeof(uint32_t) * (size_t)Kp * M);
-        if (jobs < P + xchunks) jobs = P + xchunks;
+        jobs = chunks * P > P + xchunks ? chunks * P : P + xchunks;
     } else {
         g.packed = malloc(sizeof(float) * (size_t)P * K * TP);
+        jobs = chunks > P ? chunks : P;
     }
     if ((bf16 ? !g.Yb || !g.xb : !g.packed) ||
         team_start_job(&tm, &thread, jobs, threads, xty_job, &g, 0) < 0) {
