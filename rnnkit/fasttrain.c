@@ -40,6 +40,19 @@ rows_panel(const float *x, int K, const float *w, int R, v16 acc[8][2])
     }
 }
 
+/* W (K, N), element (k, n) at W[k ldk + n ldn], into `fastloop.pack_panels`'s layout: panels
+ * of 32 columns, zero-padded (P, K, 32); a transposed view packs without a copy first. */
+void pack_floats(int K, int N, const float *W, int64_t ldk, int64_t ldn, float *out)
+{
+    const int P = (N + TP - 1) / TP;
+    for (int p = 0; p < P; p++)
+        for (int k = 0; k < K; k++)
+            for (int c = 0; c < TP; c++) {
+                int n = p * TP + c;
+                out[((int64_t)p * K + k) * TP + c] = n < N ? W[k * ldk + n * ldn] : 0.0f;
+            }
+}
+
 /* bf16 products (`--precision bf16`): x and W rounded to bfloat16 and multiplied in pairs along
  * K by AVX512-BF16's dot product, each pair's sum added to fp32 accumulators; states and sums
  * stay fp32, as in `bptt.RNNRecurrence` with bf16. A pair is two bf16 in one uint32, the even
@@ -79,6 +92,21 @@ static void row_pairs(const float *x, int R, int K, uint32_t *out)
                                                                : 0.0f);
 }
 
+/* W (K, N), element (k, n) at W[k ldk + n ldn], into `fastloop.pack_pairs`'s layout: panels
+ * of 32 columns, rows in bf16 pairs, zero-padded (P, ceil(K / 2), 32). */
+void pack_pairs(int K, int N, const float *W, int64_t ldk, int64_t ldn, uint32_t *out)
+{
+    const int Kp = (K + 1) / 2, P = (N + TP - 1) / TP;
+    for (int p = 0; p < P; p++)
+        for (int kp = 0; kp < Kp; kp++)
+            for (int c = 0; c < TP; c++) {
+                int n = p * TP + c, k = 2 * kp;
+                float lo = n < N ? W[k * ldk + n * ldn] : 0.0f;
+                float hi = n < N && k + 1 < K ? W[(k + 1) * ldk + n * ldn] : 0.0f;
+                out[((int64_t)p * Kp + kp) * TP + c] = pair_of(lo, hi);
+            }
+}
+
 static inline __attribute__((always_inline)) void
 rows_panel_bf16(const uint32_t *x, int Kp, const uint32_t *w, int R, v16 acc[8][2])
 {
@@ -109,6 +137,10 @@ static void bf16_tile(const uint32_t *x, int Kp, const uint32_t *w, int R, v16 a
 }
 #else
 int has_bf16(void) { return 0; }
+void pack_pairs(int K, int N, const float *W, int64_t ldk, int64_t ldn, uint32_t *out)
+{
+    (void)K; (void)N; (void)W; (void)ldk; (void)ldn; (void)out;
+}
 static inline void store_pairs(uint32_t *out, v16 v, int n) { (void)out; (void)v; (void)n; }
 static void row_pairs(const float *x, int R, int K, uint32_t *out)
 {

@@ -71,9 +71,17 @@ def test_compiled_bf16_stays_as_close_to_fp32_as_bptts_bf16(B, T, H):
         assert err < 0.05 and err < 2 * (bptt[name] - ref[name]).norm() / ref[name].norm(), name
 
 
+@pytest.mark.skipif(not fastloop.has_bf16(), reason="no AVX512-BF16 in this build")
+@pytest.mark.parametrize("K,N", [(5, 40), (512, 512), (33, 64)])
+def test_packing_in_c_is_packing_in_torch(K, N):
+    W = torch.randn(N, K).t() if K == 33 else torch.randn(K, N)     # a transposed view too
+    assert torch.equal(fastloop.pack_pairs(W), fastloop.pack_pairs_torch(W))
+    assert torch.equal(fastloop.pack_panels(W), fastloop.pack_panels_torch(W))
+
+
 def test_pairs_are_bf16_rounded_rows_two_by_two():
     W = torch.randn(5, 40)
-    pairs = fastloop.pack_pairs(W)                                  # (2 panels, 3 pairs, 32)
+    pairs = fastloop.pack_pairs_torch(W)                            # (2 panels, 3 pairs, 32)
     halves = pairs.view(torch.int16).reshape(2, 3, 32, 2)           # [panel, pair, col, k%2]
     rounded = torch.zeros(6, 64, dtype=torch.bfloat16)
     rounded[:5, :40] = W                                            # to nearest even
