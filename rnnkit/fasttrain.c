@@ -1,10 +1,13 @@
-/* Training the chapter's RNN (`--impl compiled`, `bptt.CompiledRNN`): every product of a
- * training step in one of two kernels — rows x panel (out = x W) and columns x panel (out = x^T Y) — with the
- * step's pointwise part folded into the first, run by the team. `bptt.RNNRecurrence` and the
- * book's loop are the references; the products sum in another order than MKL's (and tanh is
- * tanh16), so this is held to them within float rounding, not bitwise. Matrices come packed
- * in panels of 32 columns (`fastloop.pack_panels`): 8 rows x 32 columns of accumulators fill
- * 16 vector registers, and each weight vector loaded serves 8 rows. */
+/* Training, compiled: the chapter's RNN (`--impl compiled`, `bptt.CompiledRNN`) and the
+ * minGRU/minLSTM windows (`minrnn.CompiledLinear`, `CompiledMinRecurrence`). Every product is
+ * one of two kernels, run by the team (fastloop.h):
+ *   rows x panel     out = x W, with a step's pointwise part (tanh, tanh') in its epilogue;
+ *   columns x panel  out = x^T Y, a weight's gradient over all T B rows.
+ * The references are `bptt.RNNRecurrence`, the book's loop and `MinCell.sequential`; the sums
+ * run in another order than MKL's (and tanh is tanh16), so each is held to its reference within
+ * float rounding, not bitwise. Matrices come packed in panels of 32 columns (`pack_floats`,
+ * `pack_pairs` for bf16): 8 rows x 32 columns of accumulators fill 16 vector registers, and
+ * each weight vector loaded serves 8 rows. */
 #include "fastloop.h"
 
 #define TP 32
