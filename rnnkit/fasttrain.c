@@ -48,6 +48,13 @@ rows_panel(const float *x, int K, const float *w, int R, v16 acc[8][2])
 void pack_floats(int K, int N, const float *W, int64_t ldk, int64_t ldn, float *out)
 {
     const int P = (N + TP - 1) / TP;
+    if (ldk < ldn) {                 /* a transposed view: read it along k, its rows in memory */
+        for (int n = 0; n < P * TP; n++)
+            for (int k = 0; k < K; k++)
+                out[((int64_t)(n / TP) * K + k) * TP + n % TP] = n < N ? W[k * ldk + n * ldn]
+                                                                       : 0.0f;
+        return;
+    }
     for (int p = 0; p < P; p++)
         for (int k = 0; k < K; k++)
             for (int c = 0; c < TP; c++) {
