@@ -41,7 +41,7 @@ class TrainConfig:
                                    # in parallel) | transformer (nanoGPT's shape, context
                                    # --num-steps, width --hidden)
     impl: str = "bptt"             # bptt (hand-derived, fast) | autograd (the book's loop) | torch
-                                   # | compiled (bptt's RNN with its GEMMs in fastloop.c)
+                                   # | compiled (bptt's RNN, every product in fasttrain.c)
     hidden: int = 512              # hidden units H
     precision: str = "fp32"        # fp32 | bf16 (bptt: bf16 matmuls, fp32 state; else autocast)
                                    # | fp16 (CUDA autocast with a gradient scaler)

@@ -106,10 +106,7 @@ def _load() -> None:
                             ptr, ptr]
     lib.kn_mix.argtypes = [i, i, ptr, ptr, ctypes.c_int64, i, ptr, ptr, ptr, ptr, ptr, ptr,
                            ptr, i, ptr, ptr, ptr]
-    lib.kn_mix.restype = i
     lib.gated_trace.argtypes = [i, i, i, ptr, ptr, ptr, ptr, ptr]
-    lib.rnn_trace.restype = lib.rnn_greedy.restype = lib.kn_rows.restype = i
-    lib.gated_trace.restype = i
     lib.rnn_train_forward.argtypes = [i, i, i, ptr, ptr, ptr, ptr, ptr, ptr, i]
     lib.rnn_train_backward.argtypes = [i, i, i, ptr, ptr, ptr, ptr, ptr, ptr, i]
     lib.gemm_rows.argtypes = [i, i, i, ptr, ptr, ptr, ptr, i]
@@ -121,10 +118,10 @@ def _load() -> None:
     lib.pack_floats.restype = None
     lib.min_forward.argtypes = [i, i, i, i, ptr, ptr, ptr, i]
     lib.min_backward.argtypes = [i, i, i, i, ptr, ptr, ptr, ptr, ptr, ptr, i]
-    lib.min_forward.restype = lib.min_backward.restype = i
-    for f in (lib.rnn_train_forward, lib.rnn_train_backward, lib.gemm_rows, lib.gemm_xty,
-              lib.has_bf16):
-        f.restype = i
+    for f in (lib.rnn_trace, lib.rnn_greedy, lib.kn_rows, lib.kn_mix, lib.gated_trace,
+              lib.rnn_train_forward, lib.rnn_train_backward, lib.gemm_rows, lib.gemm_xty,
+              lib.has_bf16, lib.min_forward, lib.min_backward):
+        f.restype = i                                  # 0, or -1 out of memory
     _lib, _flags[:] = lib, flags
 
 
@@ -327,6 +324,16 @@ def pack_panels_torch(W: torch.Tensor) -> torch.Tensor:
 def has_bf16() -> bool:
     """Whether the compiled library multiplies in bf16 (AVX512-BF16 in its -march=native build)."""
     return library() is not None and bool(library().has_bf16())
+
+
+def cannot_train(precision: str) -> str | None:
+    """Why `--impl compiled` at this precision runs bptt's torch path instead (one line), or
+    None when fasttrain.c runs it."""
+    if library() is None:
+        return status()
+    if precision == "bf16" and not has_bf16():
+        return "this CPU or build has no AVX512-BF16 for bf16 products"
+    return None
 
 
 def pack_pairs(W: torch.Tensor) -> torch.Tensor:

@@ -101,8 +101,8 @@ class RNNScratch(LanguageModel):
 
     `impl='autograd'` runs the book's loop step by step (the reference); `impl='bptt'` runs the
     hand-derived backpropagation through time of `bptt.py`, tested against it; `impl='compiled'`
-    the same with every product in fastloop.c (bptt's where it cannot be built, or for bf16
-    where the CPU has no AVX512-BF16).
+    the same with every product in fasttrain.c (bptt's where `fastloop.cannot_train` says
+    why).
     """
 
     def __init__(self, vocab_size: int, num_hiddens: int, *, impl: str = "autograd",
@@ -123,8 +123,7 @@ class RNNScratch(LanguageModel):
     def forward(self, X: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
         if self.impl in ("bptt", "compiled"):
             compiled = self.impl == "compiled" and X.device.type == "cpu" and \
-                fastloop.library() is not None and \
-                (self.precision == "fp32" or fastloop.has_bf16())
+                fastloop.cannot_train(self.precision) is None
             return bptt.rnn_forward(X, state[0], self.W_xh, self.W_hh, self.b_h, self.W_hq,
                                     self.b_q, bf16=self.precision == "bf16", compiled=compiled)
         inputs = F.one_hot(X.T, self.vocab_size).to(self.W_xh.dtype)  # (T, B, V)

@@ -46,7 +46,7 @@ def add_parsers(sub) -> None:
                           "transformer: nanoGPT's shape, its context --num-steps")
     opt(g, "--impl", help="bptt: hand-derived backward; autograd: the book's loop; torch: "
                           "nn.RNN/GRU/LSTM (picked for you when the flags need it); compiled: "
-                          "bptt with its GEMMs in C (--cell rnn, fp32)")
+                          "bptt with every product in C (--cell rnn; fp32 or bf16)")
     opt(g, "--hidden", int, "hidden units, e.g. 512 (transformer: its width)")
     opt(g, "--precision", help="fp16: CUDA, with a gradient scaler")
     opt(g, "--layers", int, "stacked layers (--impl torch)")

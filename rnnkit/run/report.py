@@ -141,11 +141,10 @@ def duration(seconds: float) -> str:
 
 
 def compiled_where(c) -> str:
-    """Where `--impl compiled`'s products run: fastloop.c, or torch's and why."""
-    if fastloop.library() is None:
-        return f"in torch ({fastloop.status()})"
-    if c.precision == "bf16" and not fastloop.has_bf16():
-        return "in torch (this CPU or build has no AVX512-BF16 for bf16 products)"
+    """Where `--impl compiled`'s products run: fasttrain.c, or torch's and why."""
+    why = fastloop.cannot_train(c.precision)
+    if why:
+        return f"in torch ({why})"
     return "compiled" + (", bf16 products" if c.precision == "bf16" else "")
 
 
