@@ -101,24 +101,23 @@ import json, random, sys, time
 import torch
 from rnnkit import RNNScratch, load_corpus, sequential_batches, split_corpus, train_epoch
 from rnnkit.generate import generate_ids
-from rnnkit.perf import keep_freed_memory, training_threads
+from rnnkit.perf import keep_freed_memory, torch_threads, training_threads
 keep_freed_memory()                                  # as `rnnkit train` sets its process up
 ids, vocab = load_corpus()
 train, _, _ = split_corpus(ids, 0.0, 10_000)
 median = lambda xs: sorted(xs)[len(xs) // 2]
-out, threads = {}, torch.get_num_threads()
+out = {}
 for impl, precision in (("bptt", "fp32"), ("bptt", "bf16"), ("compiled", "fp32"),
                         ("compiled", "bf16")):
     model = RNNScratch(len(vocab), 512, impl=impl, precision=precision,
                        generator=torch.Generator().manual_seed(0))
     opt = torch.optim.SGD(model.parameters(), lr=1)
-    torch.set_num_threads(training_threads(impl))                # as `rnnkit train` sets them
     speeds = []
-    for epoch in range(1 + EPOCHS):                             # the first one warms up
-        batches = sequential_batches(train, 32, 35, random.Random(epoch))
-        loss, tokens, seconds = train_epoch(model, batches, opt, clip=1, carry_state=True)
-        speeds.append(tokens / seconds)
-    torch.set_num_threads(threads)
+    with torch_threads(training_threads(impl)):                  # as `rnnkit train` sets them
+        for epoch in range(1 + EPOCHS):                         # the first one warms up
+            batches = sequential_batches(train, 32, 35, random.Random(epoch))
+            loss, tokens, seconds = train_epoch(model, batches, opt, clip=1, carry_state=True)
+            speeds.append(tokens / seconds)
     out[f"{impl} {precision}"] = median(speeds[1:])
 model = RNNScratch(len(vocab), 512, generator=torch.Generator().manual_seed(0))
 prefix = vocab[list("time traveller")]

@@ -20,25 +20,21 @@ from rnnkit.config import TrainConfig
 from rnnkit.generate import generate_ids
 from rnnkit.minrnn import MinCell
 from rnnkit.models import build_model
-from rnnkit.perf import training_threads
+from rnnkit.perf import torch_threads, training_threads
 
 BATCH, WINDOW, VOCAB = 32, 128, 65
 
 
-def rate(step, tokens: int, seconds: float, cell: str = "lstm") -> float:
-    """tokens/s of `step()`, after one untimed call, over at least `seconds`, on the torch
-    threads that `rnnkit train` gives this cell (`perf.training_threads`)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(training_threads("torch", cell))
-    try:
+def rate(step, tokens: int, seconds: float, threads: int) -> float:
+    """tokens/s of `step()` on `threads` torch threads, after one untimed call, over at least
+    `seconds`."""
+    with torch_threads(threads):
         step()
         n, start = 0, time.perf_counter()
         while n < 2 or time.perf_counter() - start < seconds:
             step()
             n += 1
         return n * tokens / (time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def layer_rates(width: int, seconds: float) -> dict:
@@ -46,14 +42,15 @@ def layer_rates(width: int, seconds: float) -> dict:
     torch.manual_seed(0)
     x = torch.randn(BATCH, WINDOW, width, requires_grad=True)
     lstm = nn.LSTM(width, width, batch_first=True)
-    out = {"lstm": rate(lambda: lstm(x)[0].sum().backward(), BATCH * WINDOW, seconds)}
+    out = {"lstm": rate(lambda: lstm(x)[0].sum().backward(), BATCH * WINDOW, seconds,
+                        training_threads("torch", "lstm"))}
     h0 = torch.zeros(BATCH, width)
     for kind in ("mingru", "minlstm"):
         cell = MinCell(kind, width, width)
         out[kind] = rate(lambda: cell.train_states(x, h0).sum().backward(), BATCH * WINDOW,
-                         seconds, kind)
+                         seconds, training_threads("torch", kind))
         out[f"{kind} (log-space scan)"] = rate(lambda: cell.scan(x, h0).sum().backward(),
-                                               BATCH * WINDOW, seconds)
+                                               BATCH * WINDOW, seconds, torch.get_num_threads())
     return out
 
 
@@ -75,14 +72,9 @@ def model_rates(width: int, seconds: float) -> dict:
             F.cross_entropy(logits.reshape(-1, VOCAB), X.T.reshape(-1)).backward()
             opt.step()
             opt.zero_grad()
-        train = rate(step, BATCH * WINDOW, seconds, kw["cell"])
+        train = rate(step, BATCH * WINDOW, seconds, training_threads("torch", kw["cell"]))
         model.eval()
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            gen = rate(lambda: generate_ids(model, list(range(20)), 500), 500, seconds)
-        finally:
-            torch.set_num_threads(threads)
+        gen = rate(lambda: generate_ids(model, list(range(20)), 500), 500, seconds, 1)
         out[name] = {"train_tokens_per_s": train, "generate_chars_per_s": gen,
                      "parameters": sum(p.numel() for p in model.parameters()),
                      "layers": config.layers}
@@ -96,7 +88,7 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     print(f"one layer, forward + backward, batch {BATCH} x window {WINDOW} "
-          f"({torch.get_num_threads()} threads)")
+          f"(each kind on the torch threads `rnnkit train` gives it)")
     print("| width | LSTM tokens/s | minGRU | minLSTM | minGRU ÷ LSTM (target ≥ 3) | "
           "minLSTM ÷ LSTM | minGRU by the log-space scan |")
     print("|---:|---:|---:|---:|---:|---:|---:|")

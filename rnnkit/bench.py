@@ -20,7 +20,7 @@ from . import d2l, fastloop
 from .data import load_corpus, sequential_batches, split_corpus
 from .generate import beam_search, generate_ids
 from .models import GRUScratch, LSTMScratch, RNNScratch, TorchRNN
-from .perf import keep_freed_memory, training_threads
+from .perf import keep_freed_memory, torch_threads, training_threads
 from .train import perplexity, train_epoch
 
 V, H, B, T = 28, 512, 32, 35
@@ -43,12 +43,8 @@ def contenders() -> dict:
     compiled_sgd = {p: torch.optim.SGD(m.parameters(), lr=1) for p, m in compiled.items()}
 
     def compiled_epoch(batches, p):                  # on torch threads as training sets them
-        threads = torch.get_num_threads()
-        torch.set_num_threads(training_threads("compiled"))
-        try:
+        with torch_threads(training_threads("compiled")):
             return train_epoch(compiled[p], batches, compiled_sgd[p], clip=1, carry_state=True)
-        finally:
-            torch.set_num_threads(threads)
     return {
         "book loop": lambda batches: d2l.train_epoch_ch8(
             book, batches, loss, lambda batch_size: d2l.sgd(book.params, 1, batch_size),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
@@ -36,6 +38,18 @@ def threads_for(rows: int) -> int:
     one thread is the choice that cannot collapse."""
     import torch
     return 1 if rows <= SMALL_ROWS else torch.get_num_threads()
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch on `n` threads inside the block, as many as before after it."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def training_threads(impl: str, cell: str = "rnn") -> int:

@@ -23,7 +23,7 @@ from ..distributed import Team
 from ..errors import Interrupted, RnnkitError
 from ..generate import beam_search, generate_ids, prefix_ids
 from ..models import LanguageModel
-from ..perf import training_threads
+from ..perf import torch_threads, training_threads
 from ..text import Vocab, detokenize, extend
 from ..train import evaluate
 from .loop import epoch_batches, fit
@@ -185,13 +185,9 @@ class Run:
 
     def _train(self, config: TrainConfig, team: Team, *, force: bool, json_lines: bool,
                checkpoint_every: float, stdout) -> dict:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(training_threads(config.impl, config.cell))
-        try:
+        with torch_threads(training_threads(config.impl, config.cell)):
             return self._train_on(config, team, force=force, json_lines=json_lines,
                                   checkpoint_every=checkpoint_every, stdout=stdout)
-        finally:
-            torch.set_num_threads(threads)
 
     def _train_on(self, config: TrainConfig, team: Team, *, force: bool, json_lines: bool,
                   checkpoint_every: float, stdout) -> dict:
