@@ -49,6 +49,8 @@ class TrainConfig:
     dropout: float = 0.0           # dropout between layers and before the output (--impl torch)
     embed: int = 0                 # learned embedding size; 0 = one-hot inputs as the book
     tie: bool = False              # share embedding and output weights (needs embed == hidden)
+    token_shift: bool = False      # mingru/minlstm: each cell also reads the step before
+                                   # (RWKV's token shift, minrnn.MinBlock)
     ngram: int = 0                 # mix in a Kneser–Ney model of up to N tokens of context,
                                    # fitted on the validation slice at the end; 0 = off
     # optimisation
@@ -109,6 +111,8 @@ class TrainConfig:
         if self.cell == "transformer" and (self.embed or self.tie):
             raise UsageError("--cell transformer is --hidden wide with its embedding tied to "
                              "its output layer: leave out --embed and --tie")
+        if self.token_shift and self.cell not in ("mingru", "minlstm"):
+            raise UsageError(f"--token-shift is for --cell mingru or minlstm, not {self.cell}")
         if self.tie and self.embed != self.hidden and self.cell not in MODERN_CELLS:
             raise UsageError("--tie needs --embed equal to --hidden")
         if self.weight_decay < 0 or self.warmup < 0 or self.patience < 0 or self.ngram < 0:

@@ -82,10 +82,15 @@ def _rms_norm(g: _Graph, x: str, norm, name: str) -> str:
     return g.op("Mul", g.op("Div", x, rms), g.const(f"{name}_w", _np(norm.weight)))
 
 
-def _min_step(g: _Graph, k: int, block, x: str, h: str) -> tuple[str, str]:
-    """One minGRU/minLSTM block (minrnn.py): the residual stream's next x and the state h'."""
+def _min_step(g: _Graph, k: int, block, x: str, h: str, previous: str | None
+              ) -> tuple[str, str, str | None]:
+    """One minGRU/minLSTM block (minrnn.py): the residual stream's next x, the state h' and,
+    with the token shift, this step's u (the next step's previous)."""
     cell, H = block.cell, block.cell.hidden
-    u = _rms_norm(g, x, block.norm1, f"norm1_{k}")
+    u = last = _rms_norm(g, x, block.norm1, f"norm1_{k}")
+    if block.mu is not None:                              # u + μ (u_{t−1} − u)
+        u = g.op("Add", u, g.op("Mul", g.const(f"mu{k}", _np(block.mu)),
+                                g.op("Sub", previous, u)))
     parts = g.op("Split", _linear(g, u, cell.to_gates, f"gates{k}"),
                  g.const(f"split{k}", np.full(len(GATES_MIN[cell.kind]) + 1, H, np.int64)),
                  outputs=len(GATES_MIN[cell.kind]) + 1, axis=1)
@@ -111,21 +116,31 @@ def _min_step(g: _Graph, k: int, block, x: str, h: str) -> tuple[str, str]:
                 g.op("Add", g.const(f"gelu_one{k}", np.float32(1.0)),
                      g.op("Erf", g.op("Div", up, g.const(f"sqrt2_{k}",
                                                            np.float32(np.sqrt(2)))))))
-    return g.op("Add", x, _linear(g, gelu, block.mlp.down, f"down{k}")), h_new
+    x = g.op("Add", x, _linear(g, gelu, block.mlp.down, f"down{k}"))
+    return x, h_new, (last if block.mu is not None else None)
 
 
-def _build_min(model) -> tuple[_Graph, list, int]:
-    """The step of a MinRNN: ids (N,), h (layers, N, H) → logits (N, V), h_next."""
+def _build_min(model) -> tuple[_Graph, dict]:
+    """The step of a MinRNN: ids (N,), h (layers, N, H) and, with the token shift, u (layers,
+    N, dim) → logits (N, V), h_next (and u_next)."""
     g = _Graph()
     x = g.op("Gather", g.const("embedding", _np(model.embedding.weight)), "ids", axis=0)
-    new = []
+    shapes = {"h": [len(model.blocks), "N", model.num_hiddens]}
+    if model.token_shift:
+        shapes["u"] = [len(model.blocks), "N", model.dim]
+    new = {name: [] for name in shapes}
     for k, block in enumerate(model.blocks):
-        h = g.op("Gather", "h", g.const(f"layer{k}", np.array(k)), axis=0)    # (N, H)
-        x, h_new = _min_step(g, k, block, x, h)
-        new.append(g.op("Unsqueeze", h_new, g.const(f"axis0_{k}", np.array([0]))))
+        layer = g.const(f"layer{k}", np.array(k))
+        state = {name: g.op("Gather", name, layer, axis=0) for name in shapes}  # (N, ·) each
+        x, new_h, new_u = _min_step(g, k, block, x, state["h"], state.get("u"))
+        for name, value in (("h", new_h), ("u", new_u)):
+            if name in shapes:
+                new[name].append(g.op("Unsqueeze", value, g.const(f"axis0_{name}{k}",
+                                                                  np.array([0]))))
     _linear(g, _rms_norm(g, x, model.norm, "norm"), model.linear, "out", out="logits")
-    g.op("Concat", *new, axis=0, name="h_next")
-    return g, ["h"], model.num_hiddens
+    for name, values in new.items():
+        g.op("Concat", *values, axis=0, name=f"{name}_next")
+    return g, shapes
 
 
 def build_onnx(model: LanguageModel):
@@ -133,9 +148,8 @@ def build_onnx(model: LanguageModel):
     from .minrnn import MinRNN
     network = model.network
     if isinstance(network, MinRNN):
-        g, names, hidden = _build_min(network)
-        shape = [len(network.blocks), "N", hidden]
-        return _finish(g, names, shape, network.vocab_size)
+        g, shapes = _build_min(network)
+        return _finish(g, shapes, network.vocab_size)
     view = model.network.cell_layers()
     cell, table, layers, W_out, b_out = view.cell, view.table, view.layers, view.W_out, view.b_out
     # torch's layers keep a state (layers, N, H); the scratch cells one (N, H)
@@ -163,17 +177,18 @@ def build_onnx(model: LanguageModel):
         else:
             g.op("Identity", new[n][0], name=f"{n}_next")
     shape = ([len(layers), "N", hidden] if stacked else ["N", hidden])
-    return _finish(g, names, shape, table.shape[0])
+    return _finish(g, {n: shape for n in names}, table.shape[0])
 
 
-def _finish(g: _Graph, names: list[str], shape: list, vocab_size: int):
-    """The checked ModelProto of graph `g`: ids and the states `names` in, logits and the
-    next states out."""
+def _finish(g: _Graph, shapes: dict[str, list], vocab_size: int):
+    """The checked ModelProto of graph `g`: ids and the states (name: shape) in, logits and
+    the next states out."""
     from onnx import TensorProto, checker, helper
     inputs = [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N"])] + [
-        helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in names]
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n, shape in shapes.items()]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", vocab_size])] \
-        + [helper.make_tensor_value_info(f"{n}_next", TensorProto.FLOAT, shape) for n in names]
+        + [helper.make_tensor_value_info(f"{n}_next", TensorProto.FLOAT, shape)
+           for n, shape in shapes.items()]
     graph = helper.make_graph(g.nodes, "rnnkit_step", inputs, outputs, g.inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="rnnkit")
@@ -199,7 +214,7 @@ def export_onnx(run, out: str | os.PathLike, *, weights: str | None = None,
     network, config = run.model.network, run.config
     proto = build_onnx(network)
     state = network.begin_state(1, "cpu")
-    names = ["h", "c"][:len(state)]
+    names = [value.name for value in proto.graph.input[1:]]   # the states, in order: h, c or u
     meta = {"format": "rnnkit-onnx", "version": 1, "model": out.name,
             "inputs": {"ids": ["N"], **{n: ["N" if i == s.dim() - 2 else d
                                              for i, d in enumerate(s.shape)]

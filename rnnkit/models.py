@@ -305,7 +305,8 @@ def build_model(vocab_size: int, config) -> LanguageModel:
                 return Transformer(vocab_size, config.hidden, context=config.num_steps,
                                    num_layers=config.layers, dropout=config.dropout)
             return MinRNN(vocab_size, config.hidden, cell=config.cell, num_layers=config.layers,
-                          dropout=config.dropout, embed=config.embed, tie=config.tie)
+                          dropout=config.dropout, embed=config.embed, tie=config.tie,
+                          token_shift=config.token_shift)
     if config.impl == "torch":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)  # nn layers draw from the global RNG; keep it local

@@ -44,9 +44,9 @@ MAX_DROPOUT = 0.5
 KINDS = {"lstm": dict(layers=1, num_steps=100, lr=3e-3,
                       tokens_per_parameter=TOKENS_PER_PARAMETER),
          "mingru": dict(layers=3, num_steps=128, lr=3e-3, tokens_per_parameter=8,
-                        batch_size=16),
+                        batch_size=16, token_shift=True),
          "minlstm": dict(layers=3, num_steps=128, lr=3e-3, tokens_per_parameter=8,
-                         batch_size=16),
+                         batch_size=16, token_shift=True),
          "transformer": dict(layers=4, num_steps=64, lr=1e-3, tokens_per_parameter=8,
                              batch_size=16)}
 BLOCK_WIDTHS = (64, 96, 128, 192, 256, 384, 512, 768)
@@ -155,4 +155,5 @@ def quality_settings(train_tokens: int, vocab_size: int, time_budget: float,
     return {"cell": kind, "hidden": hidden, "embed": EMBED if kind == "lstm" else 0,
             "layers": shape["layers"], "dropout": dropout, "lr": shape["lr"],
             "weight_decay": 0.1 if excess > 2 else 0.01, "batch_size": batch_size,
-            "num_steps": shape["num_steps"], "patience": 5, "why": why}
+            "num_steps": shape["num_steps"], "token_shift": shape.get("token_shift", False),
+            "patience": 5, "why": why}

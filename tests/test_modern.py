@@ -84,10 +84,11 @@ def test_compiled_linear_is_nn_linear(bias):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_training_windows_equal_the_steps_across_window_boundaries(kind):
+@pytest.mark.parametrize("token_shift", [False, True])
+def test_training_windows_equal_the_steps_across_window_boundaries(kind, token_shift):
     """Three windows trained in parallel with the state carried give the logits and state of
-    reading the whole text one token at a time."""
-    model = _min_model(kind)
+    reading the whole text one token at a time (the token shift's u carried as well)."""
+    model = _min_model(kind, token_shift=token_shift)
     X = torch.randint(0, 23, (4, 60))
     model.train()
     state, parallel = model.begin_state(4), []
@@ -100,14 +101,30 @@ def test_training_windows_equal_the_steps_across_window_boundaries(kind):
         logits, one = model(X[:, t:t + 1], one)
         steps.append(logits)
     assert torch.allclose(torch.cat(parallel), torch.cat(steps), atol=1e-5)
-    assert torch.allclose(state[0], one[0], atol=1e-5)
+    assert len(state) == len(one) == (2 if token_shift else 1)
+    for a, b in zip(state, one):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_the_token_shift_mixes_the_step_before_into_the_cells_input():
+    """u_t + μ (u_{t−1} − u_t), written out for one block: the first step reads the carried u."""
+    block = _min_model("mingru", token_shift=True).blocks[0]
+    x, previous = torch.randn(2, 5, 16), torch.randn(2, 16)
+    got, last = block.cell_input(x, previous)
+    u = block.norm1(x)
+    mu = block.mu
+    assert torch.allclose(got[:, 0], (1 - mu) * u[:, 0] + mu * previous, atol=1e-6)
+    assert torch.allclose(got[:, 3], (1 - mu) * u[:, 3] + mu * u[:, 2], atol=1e-6)
+    assert torch.equal(last, u[:, -1])
+    assert _min_model("mingru").blocks[0].cell_input(x, None)[1] is None
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_parallel_gradients_equal_the_autograd_step_by_step_reference(kind):
-    model = _min_model(kind)
+@pytest.mark.parametrize("token_shift", [False, True])
+def test_parallel_gradients_equal_the_autograd_step_by_step_reference(kind, token_shift):
+    model = _min_model(kind, token_shift=token_shift)
     X, Y = torch.randint(0, 23, (4, 30)), torch.randint(0, 23, (4, 30))
-    state = (torch.rand(2, 4, 24),)
+    state = (torch.rand(2, 4, 24),) + ((torch.randn(2, 4, 16),) if token_shift else ())
 
     def grads(training_path):
         model.zero_grad()
@@ -121,7 +138,7 @@ def test_parallel_gradients_equal_the_autograd_step_by_step_reference(kind):
 
 
 @pytest.mark.parametrize("make", [lambda: _min_model("mingru"), lambda: _min_model("minlstm"),
-                                  _transformer])
+                                  lambda: _min_model("mingru", token_shift=True), _transformer])
 @pytest.mark.parametrize("training", [True, False])
 def test_outputs_before_t_do_not_see_inputs_from_t_on(make, training):
     model = make().train(training)
@@ -176,7 +193,8 @@ def test_sliding_evaluation_scores_every_token_once_with_half_a_context():
 def test_a_stopped_run_resumes_bitwise(cell, tmp_path, monkeypatch):
     config = TrainConfig(cell=cell, impl="torch", hidden=32, layers=2, dropout=0.2, epochs=3,
                          max_tokens=3000, batch_size=8, num_steps=16, sample_every=0,
-                         val_fraction=0.05, optimizer="adamw", lr=3e-3)
+                         val_fraction=0.05, optimizer="adamw", lr=3e-3,
+                         token_shift=cell == "minlstm")
     assert_stopped_run_resumes_bitwise(config, tmp_path, monkeypatch, at=(1, 5))
 
 
@@ -190,7 +208,8 @@ def runs(tmp_path_factory):
         assert main(["train", "--cell", cell, "--hidden", "32", "--layers", "2",
                      "--num-steps", "16", "--max-tokens", "4000", "--batch-size", "8",
                      "--epochs", "2", "--optimizer", "adamw", "--lr", "3e-3", "--ngram", "3",
-                     "--sample-every", "0", "--out", str(out[cell])]) == 0
+                     "--sample-every", "0", "--out", str(out[cell]),
+                     *(["--token-shift"] if cell == "mingru" else [])]) == 0
     return out
 
 
@@ -253,20 +272,25 @@ def test_mingru_exports_its_step_and_the_transformer_refuses_in_one_line(runs, t
     session = ort.InferenceSession(str(out))
     run = Run.open(runs["mingru"], ngram=False)
     ids = torch.tensor(run.vocab[list("the time")])
-    state, h = run.model.begin_state(1), np.zeros((2, 1, 32), np.float32)
+    assert run.config.token_shift                           # the state: h and the shift's u
+    state, h, u = run.model.begin_state(1), *np.zeros((2, 2, 1, 32), np.float32)
     for i in ids:
         logits, state = run.model(i.reshape(1, 1), state)
-        onnx_logits, h = session.run(None, {"ids": i.reshape(1).numpy(), "h": h})
+        onnx_logits, h, u = session.run(None, {"ids": i.reshape(1).numpy(), "h": h, "u": u})
     assert np.allclose(onnx_logits, logits[0].detach().numpy(), atol=1e-5)
+    assert np.allclose(u, state[1].detach().numpy(), atol=1e-5)
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["inputs"]["u"] == [2, "N", 32] and meta["outputs"][-1] == "u_next"
     capsys.readouterr()
     assert main(["export", str(runs["transformer"]), "--out", str(tmp_path / "t.onnx")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("rnnkit: error: a transformer run is not exported") and "\n" not in err
 
 
-@pytest.mark.parametrize("kind", ["mingru", "minlstm"])
-def test_the_labs_trace_reads_a_text_as_the_step_by_step_forward(kind):
-    model = _min_model(kind).eval()
+@pytest.mark.parametrize("kind,token_shift", [("mingru", False), ("minlstm", False),
+                                              ("minlstm", True)])
+def test_the_labs_trace_reads_a_text_as_the_step_by_step_forward(kind, token_shift):
+    model = _min_model(kind, token_shift=token_shift).eval()
     ids = torch.randint(0, 23, (300,), generator=torch.Generator().manual_seed(2)).tolist()
     traced = model.trace(ids)                               # every step at once
     state, logits, hs = model.begin_state(1), [], []

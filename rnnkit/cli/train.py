@@ -3,6 +3,7 @@ steps: the flags given, standard input read into the cache, the corpus and the m
 measured when the preset sizes the run to them, the processes started."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import os
@@ -55,6 +56,9 @@ def add_parsers(sub) -> None:
                            "their residual width, 0 = --hidden)")
     g.add_argument("--tie", action="store_true", default=None,
                    help="tie embedding and output weights (needs --embed == --hidden)")
+    g.add_argument("--token-shift", action=argparse.BooleanOptionalAction, default=None,
+                   help="mingru/minlstm: each cell also reads the step before, mixed in per "
+                        "channel (quality preset: on)")
     opt(g, "--ngram", int, "mix in a Kneser-Ney model of up to N tokens of context, fitted "
                            "on validation at the end; 0 = off (quality preset: 8)")
     g = t.add_argument_group("optimization")

@@ -173,7 +173,8 @@ def describe(run: Training, seconds_per_epoch: float) -> list[str]:
                       ", embedding tied" if c.cell == "transformer" else
                       f", embedding {c.embed}" if c.embed else
                       ", embedding" if c.cell in ("mingru", "minlstm") else ", one-hot inputs",
-                      f", dropout {c.dropout}" if c.dropout else "", ", tied" if c.tie else ""])
+                      f", dropout {c.dropout}" if c.dropout else "", ", tied" if c.tie else "",
+                      ", token shift" if c.token_shift else ""])
     params = sum(p.numel() for p in run.model.parameters())
     batches = max(1, (len(run.train_ids) - 1) // (c.batch_size * c.num_steps))
     until = f"{c.epochs} epoch{'s' if c.epochs != 1 else ''}" + \
