@@ -106,6 +106,12 @@ def test_training_windows_equal_the_steps_across_window_boundaries(kind, token_s
         assert torch.allclose(a, b, atol=1e-5)
 
 
+def test_the_token_shift_is_refused_in_one_line_for_cells_without_it(capsys):
+    assert main(["train", "--cell", "lstm", "--token-shift", "--epochs", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "rnnkit: error: --token-shift is for --cell mingru or minlstm, not lstm"
+
+
 def test_the_token_shift_mixes_the_step_before_into_the_cells_input():
     """u_t + μ (u_{t−1} − u_t), written out for one block: the first step reads the carried u."""
     block = _min_model("mingru", token_shift=True).blocks[0]

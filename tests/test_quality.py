@@ -13,7 +13,7 @@ from rnnkit.recipe import (KINDS, MIN_EPOCHS, PARAMS_PER_TOKEN, parameters, qual
 RATE = 1.1e11                          # this machine's measured training FLOP/s
 
 
-@pytest.mark.parametrize("kind", [None, "lstm", "mingru", "minlstm", "transformer"])
+@pytest.mark.parametrize("kind", [None, "gru", "lstm", "mingru", "minlstm", "transformer"])
 @pytest.mark.parametrize("tokens,vocab,budget", [
     (90_000, 28, 60), (161_000, 80, 240), (900_000, 65, 86), (900_000, 65, 600),
     (100_000_000, 200, 3600), (50_000, 5000, 120)])
@@ -26,8 +26,9 @@ def test_the_recipe_keeps_its_rule_on_small_and_large_corpora(tokens, vocab, bud
     seen = tokens_per_second(s["hidden"], vocab, RATE, kind=kind) * budget
     assert seen >= min(MIN_EPOCHS * tokens, KINDS[kind]["tokens_per_parameter"] * params) \
         or s["hidden"] == 64                                                 # step 2
-    assert (0.1 if kind == "lstm" else 0) <= s["dropout"] <= 0.5 and s["patience"] > 0  # 3, 4
+    assert (0.1 if kind in ("gru", "lstm") else 0) <= s["dropout"] <= 0.5 and s["patience"] > 0
     assert s["layers"] == KINDS[kind]["layers"] and s["num_steps"] == KINDS[kind]["num_steps"]
+    assert s["token_shift"] == (kind in ("mingru", "minlstm"))
 
 
 def test_the_recipe_grows_with_the_data_and_the_budget():
@@ -96,6 +97,11 @@ def test_the_preset_chooses_a_kind_says_why_and_sizes_the_one_asked_for(tmp_path
     assert "chose" not in capsys.readouterr().err             # asked for: nothing to explain
     assert (gpt.cell, gpt.impl, gpt.layers, gpt.num_steps, gpt.embed, gpt.lr) == (
         "transformer", "torch", 4, 64, 0, 1e-3)
+    gru = new_config({"corpus": str(corpus), "cell": "gru", "time_budget": 60}, "quality")
+    assert (gru.cell, gru.impl, gru.embed, gru.layers) == ("gru", "torch", 64, 1)  # as the LSTM
+    shifted = new_config({"corpus": str(corpus), "cell": "minlstm", "time_budget": 60}, "quality")
+    plain = new_config({"corpus": str(corpus), "cell": "minlstm", "token_shift": False}, "quality")
+    assert shifted.token_shift and not plain.token_shift and not gpt.token_shift
 
 
 def test_the_quality_preset_mixes_in_an_ngram_model_and_the_chapter_does_not(tmp_path):

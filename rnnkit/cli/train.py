@@ -164,8 +164,11 @@ def new_config(given: dict, preset: str = "d2l") -> TrainConfig:
     from ..run.settings import needs_corpus, resolve_settings
     config, note = resolve_settings(given, preset)   # usage mistakes first, before reading data
     if needs_corpus(preset):
+        from ..recipe import KINDS, choose_kind
         corpus = corpus_facts(config)
-        rate = measure_speed(config) if config.time_budget else 0.0
+        kind = given.get("cell") or choose_kind(corpus[0], config.time_budget)[0]
+        rate = measure_speed(config, kind if kind in KINDS else "lstm") \
+            if config.time_budget else 0.0
         config, note = resolve_settings(given, preset, corpus=corpus, rate=rate)
     if note:
         print(f"rnnkit: note: {note}", file=sys.stderr)
@@ -179,11 +182,11 @@ def corpus_facts(config: TrainConfig) -> tuple[int, int]:
     return len(slices["train"]), len(vocab)
 
 
-def measure_speed(config: TrainConfig) -> float:
-    """This machine's training FLOP/s on the config's device: half a second of an LSTM."""
+def measure_speed(config: TrainConfig, kind: str) -> float:
+    """This machine's training FLOP/s for `kind` on the config's device: half a second."""
     from ..recipe import measure_rate
     from ..run.setup import resolve_device
-    return measure_rate(str(resolve_device(config.device)))
+    return measure_rate(str(resolve_device(config.device)), kind=kind)
 
 
 def _check_for_processes(run, given: dict, nproc: int, force: bool) -> None:
