@@ -164,11 +164,10 @@ def new_config(given: dict, preset: str = "d2l") -> TrainConfig:
     from ..run.settings import needs_corpus, resolve_settings
     config, note = resolve_settings(given, preset)   # usage mistakes first, before reading data
     if needs_corpus(preset):
-        from ..recipe import KINDS, choose_kind
+        from ..recipe import choose_kind
         corpus = corpus_facts(config)
         kind = given.get("cell") or choose_kind(corpus[0], config.time_budget)[0]
-        rate = measure_speed(config, kind if kind in KINDS else "lstm") \
-            if config.time_budget else 0.0
+        rate = measure_speed(config, kind) if config.time_budget else 0.0
         config, note = resolve_settings(given, preset, corpus=corpus, rate=rate)
     if note:
         print(f"rnnkit: note: {note}", file=sys.stderr)
